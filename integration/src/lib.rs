@@ -1,0 +1,1 @@
+//! Whole-mesh tests that run the real binaries.

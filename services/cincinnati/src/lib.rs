@@ -1,0 +1,1 @@
+//! Release metadata, graph rules and the Cincinnati JSON codec.

@@ -1,0 +1,1 @@
+//! The graph service: builds and serves update graphs.

@@ -1,0 +1,1 @@
+//! The lock service: FleetLock-compatible reboot slots.
