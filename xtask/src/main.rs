@@ -1,1 +1,74 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `test`: provides every tool the suite needs (protoc, etcd, promtool,
+//!   grpcurl, dbus-daemon), then runs all tests of the workspace.
+//! - `dev`: builds `upshift` and runs `upshift dev` (the whole mesh on the
+//!   bundled fixtures).
+//! - `bench <graph|lock|...>`: builds in release mode and runs a benchmark
+//!   that prints and saves its figures under `target/bench/`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+mod bench;
+mod tools;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "test" => test(&rest),
+        "dev" => dev(&rest),
+        "bench" => bench::run(&rest),
+        "tools" => tools::Tools::provide().map(|t| t.print()),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test [cargo test args]|dev [upshift dev args]|bench <name>|tools>"
+            );
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+/// Runs the whole test suite with every tool it needs provided.
+fn test(extra: &[String]) -> Result<()> {
+    let tools = tools::Tools::provide()?;
+    tools.print();
+    // The integration tests start the real binaries: build them first.
+    tools.cargo(&["build", "--workspace", "--bins"])?;
+    let mut args: Vec<&str> = Vec::new();
+    if tools::on_path("cargo-nextest") {
+        args.extend(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        args.extend(["test", "--workspace", "--no-fail-fast"]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    tools.cargo(&args).context("tests failed")
+}
+
+/// Builds and runs the dev mesh.
+fn dev(extra: &[String]) -> Result<()> {
+    let tools = tools::Tools::provide_build_only()?;
+    tools.cargo(&["build", "--bin", "upshift"])?;
+    let bin = tools::target_dir().join("debug").join("upshift");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("dev").args(extra);
+    tools.apply_env(&mut cmd);
+    let status = cmd.status().context("running upshift dev")?;
+    if !status.success() {
+        bail!("upshift dev exited with {status}");
+    }
+    Ok(())
+}
