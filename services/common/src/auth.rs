@@ -36,7 +36,10 @@ impl AdminAuth {
     /// Creates an authorizer; empty tokens are treated as unset.
     pub fn new(token: Option<String>, admin_cert_names: Vec<String>) -> Self {
         let token = token.filter(|t| !t.is_empty());
-        Self { token, cert_names: admin_cert_names }
+        Self {
+            token,
+            cert_names: admin_cert_names,
+        }
     }
 
     /// Returns the actor when the request carries a valid admin credential.
@@ -93,7 +96,10 @@ mod tests {
             r.metadata_mut().insert("authorization", a.parse().unwrap());
         }
         if let Some(cn) = cn {
-            r.extensions_mut().insert(PeerIdentity { common_name: Some(cn.into()), der: Vec::new() });
+            r.extensions_mut().insert(PeerIdentity {
+                common_name: Some(cn.into()),
+                der: Vec::new(),
+            });
         }
         r
     }
@@ -101,11 +107,34 @@ mod tests {
     #[test]
     fn token_and_cert() {
         let a = AdminAuth::new(Some("s3cret-token-value".into()), vec!["ops-admin".into()]);
-        assert_eq!(a.authorize(&req(Some("Bearer s3cret-token-value"), None)).unwrap().to_string(), "token");
-        assert_eq!(a.authorize(&req(None, Some("ops-admin"))).unwrap().to_string(), "cert:ops-admin");
-        assert_eq!(a.authorize(&req(None, None)).unwrap_err().code(), Code::Unauthenticated);
-        assert_eq!(a.authorize(&req(Some("Bearer nope"), None)).unwrap_err().code(), Code::PermissionDenied);
-        assert_eq!(a.authorize(&req(None, Some("intruder"))).unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(
+            a.authorize(&req(Some("Bearer s3cret-token-value"), None))
+                .unwrap()
+                .to_string(),
+            "token"
+        );
+        assert_eq!(
+            a.authorize(&req(None, Some("ops-admin")))
+                .unwrap()
+                .to_string(),
+            "cert:ops-admin"
+        );
+        assert_eq!(
+            a.authorize(&req(None, None)).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            a.authorize(&req(Some("Bearer nope"), None))
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            a.authorize(&req(None, Some("intruder")))
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
     }
 
     #[test]

@@ -83,8 +83,16 @@ impl ScaledClock {
     ///
     /// A non-finite or non-positive `speed` is treated as 1.
     pub fn new(start: SystemTime, speed: f64) -> Self {
-        let speed = if speed.is_finite() && speed > 0.0 { speed } else { 1.0 };
-        Self { base_wall: start, base_instant: Instant::now(), speed }
+        let speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+        Self {
+            base_wall: start,
+            base_instant: Instant::now(),
+            speed,
+        }
     }
 
     /// A shared handle.

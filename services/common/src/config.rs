@@ -77,7 +77,11 @@ impl ConfigErrors {
 
     /// `Ok(value)` when empty, else `Err(self)`.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.is_empty() { Ok(value) } else { Err(self) }
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 
     /// Sets `file` on every error that has none.
@@ -292,7 +296,11 @@ impl ServerSettings {
                 "set either admin_token or admin_token_file, not both",
             );
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
             errs.push("server.admin_token", "token must be at least 16 characters");
         }
         if self.request_timeout.is_zero() {
@@ -310,18 +318,28 @@ impl ServerSettings {
             );
         }
         if let Some(tls) = &self.tls {
-            for (key, path) in [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())] {
+            for (key, path) in [
+                ("cert", Some(&tls.cert)),
+                ("key", Some(&tls.key)),
+                ("client_ca", tls.client_ca.as_ref()),
+            ] {
                 if let Some(p) = path
                     && !p.is_file()
                 {
-                    errs.push(format!("server.tls.{key}"), format!("file {} not found", p.display()));
+                    errs.push(
+                        format!("server.tls.{key}"),
+                        format!("file {} not found", p.display()),
+                    );
                 }
             }
         }
         if let Some(p) = &self.admin_token_file
             && !p.is_file()
         {
-            errs.push("server.admin_token_file", format!("file {} not found", p.display()));
+            errs.push(
+                "server.admin_token_file",
+                format!("file {} not found", p.display()),
+            );
         }
         errs.into_result(())
     }
@@ -331,12 +349,17 @@ impl ServerSettings {
         if let Some(t) = &self.admin_token {
             return Ok(Some(t.trim().to_string()));
         }
-        let Some(path) = &self.admin_token_file else { return Ok(None) };
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
         match std::fs::read_to_string(path) {
             Ok(t) => Ok(Some(t.trim().to_string())),
             Err(e) => {
                 let mut errs = ConfigErrors::new();
-                errs.push("server.admin_token_file", format!("cannot read {}: {e}", path.display()));
+                errs.push(
+                    "server.admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
                 Err(errs)
             }
         }
@@ -388,7 +411,11 @@ impl ServeArgs {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 let client_ca = s.tls.as_ref().and_then(|t| t.client_ca.clone());
-                s.tls = Some(TlsSettings { cert: cert.clone(), key: key.clone(), client_ca });
+                s.tls = Some(TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca,
+                });
             }
             (Some(_), None) | (None, Some(_)) => {
                 errs.push("--tls-cert/--tls-key", "both must be given together");

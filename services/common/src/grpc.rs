@@ -35,7 +35,10 @@ mod tests {
         assert_eq!(from_timestamp(&timestamp(t)), t);
         let d = Duration::from_millis(1500);
         assert_eq!(from_duration(&duration(d)), d);
-        let neg = prost_types::Duration { seconds: -1, nanos: 0 };
+        let neg = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
         assert_eq!(from_duration(&neg), Duration::ZERO);
     }
 }

@@ -18,7 +18,11 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, kind: &'static str, value: impl Into<String>) -> Self {
-        Self { status, kind, value: value.into() }
+        Self {
+            status,
+            kind,
+            value: value.into(),
+        }
     }
 }
 
@@ -30,7 +34,10 @@ struct Body<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { kind: self.kind, value: &self.value };
+        let body = Body {
+            kind: self.kind,
+            value: &self.value,
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -27,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::config::{ServerSettings, TlsSettings};
 use crate::telemetry::Metrics;
 
-pub use readiness::{ReadyState, Readiness};
+pub use readiness::{Readiness, ReadyState};
 pub use tls::PeerIdentity;
 
 /// Name under which the gRPC health service is advertised.
@@ -75,7 +75,11 @@ pub struct ServiceHost;
 
 impl ServiceHost {
     /// Starts building the listener of service `name`.
-    pub fn builder(name: impl Into<String>, metrics: Metrics, clock: SharedClock) -> ServiceHostBuilder {
+    pub fn builder(
+        name: impl Into<String>,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> ServiceHostBuilder {
         let defaults = ServerSettings::default();
         ServiceHostBuilder {
             name: name.into(),
@@ -137,12 +141,18 @@ impl ServiceHostBuilder {
     }
 
     /// Binds the listener (port 0 picks a free port) and loads TLS material.
-    pub async fn bind(self, addr: SocketAddr, tls: Option<TlsSettings>) -> Result<BoundServer, ServerError> {
+    pub async fn bind(
+        self,
+        addr: SocketAddr,
+        tls: Option<TlsSettings>,
+    ) -> Result<BoundServer, ServerError> {
         let acceptor = tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
         let (reporter, health) = tonic_health::server::health_reporter();
         let router = self.router(health)?;
         Ok(BoundServer {
@@ -161,7 +171,9 @@ impl ServiceHostBuilder {
 
     fn router(
         &self,
-        health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
     ) -> Result<Router, ServerError> {
         let names = self.service_names.clone();
         let reflection = move || -> tonic_reflection::server::Builder<'static> {
@@ -175,7 +187,9 @@ impl ServiceHostBuilder {
             b
         };
         let v1 = reflection().build_v1().map_err(ServerError::Reflection)?;
-        let v1alpha = reflection().build_v1alpha().map_err(ServerError::Reflection)?;
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(ServerError::Reflection)?;
         let routes = self
             .grpc
             .clone()
@@ -196,7 +210,10 @@ impl ServiceHostBuilder {
             .http
             .clone()
             .merge(builtin)
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, self.request_timeout))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                self.request_timeout,
+            ))
             .layer(RequestBodyLimitLayer::new(self.max_request_bytes))
             .layer(metrics_layer::http_layer(&self.metrics));
         Ok(grpc.merge(http))
@@ -211,8 +228,13 @@ async fn readyz(readiness: Readiness) -> (StatusCode, String) {
 }
 
 async fn render_metrics(metrics: Metrics) -> impl axum::response::IntoResponse {
-    let body = tokio::task::spawn_blocking(move || metrics.render()).await.unwrap_or_default();
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let body = tokio::task::spawn_blocking(move || metrics.render())
+        .await
+        .unwrap_or_default();
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
 }
 
 /// A bound listener ready to serve.
@@ -290,7 +312,10 @@ impl BoundServer {
         self.shutdown.cancel();
         let _ = health_task.await;
         set_health(&self.reporter, &health_names, ServingStatus::NotServing).await;
-        if tokio::time::timeout(self.grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(service = %self.name, grace = ?self.grace, "connections still open after the grace period");
         }
         Ok(())
@@ -352,12 +377,14 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = self.router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-            if let Some(id) = &identity {
-                req.extensions_mut().insert(id.clone());
-            }
-            req.map(axum::body::Body::new)
-        });
+        let svc = self
+            .router
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(id) = &identity {
+                    req.extensions_mut().insert(id.clone());
+                }
+                req.map(axum::body::Body::new)
+            });
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let conn = self.builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = self.watcher.watch(conn.into_owned()).await {

@@ -72,9 +72,9 @@ pub fn init_tracing(opts: &TracingOptions) -> Result<TracingGuard, TelemetryErro
         Some(endpoint) => Some(otlp_provider(endpoint, &opts.service_name)?),
         None => None,
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer(opts.service_name.clone()))
-    });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(opts.service_name.clone())));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
@@ -162,7 +162,11 @@ impl Metrics {
             .build()
             .expect("a fresh registry accepts the exporter's collector");
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-        Self { provider, registry, service_name: service_name.to_string() }
+        Self {
+            provider,
+            registry,
+            service_name: service_name.to_string(),
+        }
     }
 
     /// The service's meter.

@@ -29,7 +29,9 @@ impl Instruments {
                 .f64_histogram(format!("upshift.{prefix}.server.duration"))
                 .with_unit("s")
                 .with_description("Time to the response headers, by route and outcome.")
-                .with_boundaries(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .with_boundaries(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .build(),
         }
     }

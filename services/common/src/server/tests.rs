@@ -1,0 +1,252 @@
+use std::time::Duration;
+
+use axum::body::Body;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus as Hs;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use super::*;
+use crate::clock::SystemClock;
+
+const GRAPH: &str = "upshift.graph.v1.GraphService";
+
+struct Running {
+    addr: SocketAddr,
+    readiness: Readiness,
+    stop: CancellationToken,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+/// An HTTP route streaming chunks until the host's shutdown token fires.
+fn stream_route(token: CancellationToken) -> Router {
+    Router::new().route(
+        "/stream",
+        get(move || {
+            let token = token.clone();
+            async move {
+                let ticks = futures::stream::unfold(token, |t| async move {
+                    tokio::select! {
+                        () = t.cancelled() => None,
+                        () = tokio::time::sleep(Duration::from_millis(20)) =>
+                            Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"tick\n")), t)),
+                    }
+                });
+                Body::from_stream(ticks)
+            }
+        }),
+    )
+}
+
+async fn start(tls: Option<TlsSettings>) -> Running {
+    let readiness = Readiness::new();
+    let builder = ServiceHost::builder("test", Metrics::new("test"), SystemClock::shared())
+        .grpc_service_names(&[GRAPH])
+        .readiness(readiness.clone());
+    let token = builder.shutdown_token();
+    let settings = ServerSettings {
+        shutdown_grace: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let bound = builder
+        .http(stream_route(token))
+        .settings(&settings)
+        .bind("127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let addr = bound.local_addr();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(bound.serve(async move { s.cancelled().await }));
+    Running {
+        addr,
+        readiness,
+        stop,
+        handle,
+    }
+}
+
+async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(addr: SocketAddr, service: &str) -> Hs {
+    let mut client = HealthClient::new(channel(addr).await);
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    Hs::try_from(resp.into_inner().status).unwrap()
+}
+
+#[tokio::test]
+async fn http_health_readiness_and_metrics() {
+    let srv = start(None).await;
+    let base = format!("http://{}", srv.addr);
+    let http = reqwest::Client::new();
+    let get = |p: &str| http.get(format!("{base}{p}")).send();
+
+    let r = get("/healthz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "starting");
+    assert_eq!(health(srv.addr, "").await, Hs::NotServing);
+
+    srv.readiness.set_ready();
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(health(srv.addr, "").await, Hs::Serving);
+    assert_eq!(health(srv.addr, GRAPH).await, Hs::Serving);
+
+    srv.readiness.set_not_ready("store unreachable");
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "store unreachable");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(health(srv.addr, GRAPH).await, Hs::NotServing);
+
+    let r = get("/metrics").await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"upshift_http_server_requests_total{method="GET",route="/readyz",status_class="5xx"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("upshift_http_server_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"upshift_grpc_server_requests_total{code="Ok",rpc="/grpc.health.v1.Health/Check"}"#
+        ),
+        "{text}"
+    );
+    srv.stop.cancel();
+    srv.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_only_advertised_services() {
+    let srv = start(None).await;
+    let mut client = ServerReflectionClient::new(channel(srv.addr).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection response {msg:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert!(names.contains(&GRAPH.to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().all(|n| n == GRAPH
+            || n == "grpc.health.v1.Health"
+            || n.starts_with("grpc.reflection.")),
+        "advertises services it does not implement: {names:?}"
+    );
+    srv.stop.cancel();
+    srv.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_and_returns() {
+    let srv = start(None).await;
+    let resp = reqwest::get(format!("http://{}/stream", srv.addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(resp.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    srv.stop.cancel();
+    let body = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(body.starts_with("tick\n"), "{body}");
+    tokio::time::timeout(Duration::from_secs(5), srv.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn tls_serves_http1_and_grpc() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let srv = start(Some(TlsSettings {
+        cert,
+        key,
+        client_ca: None,
+    }))
+    .await;
+    srv.readiness.set_ready();
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("https://localhost:{}/healthz", srv.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.unwrap(), "ok");
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ck.cert.pem()))
+        .domain_name("localhost");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", srv.addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().status, Hs::Serving as i32);
+    srv.stop.cancel();
+    srv.handle.await.unwrap().unwrap();
+}

@@ -28,9 +28,13 @@ pub(super) fn acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, S
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err("bad certificate", &tls.cert, &e))?;
     if certs.is_empty() {
-        return Err(ServerError::Tls(format!("no certificate in {}", tls.cert.display())));
+        return Err(ServerError::Tls(format!(
+            "no certificate in {}",
+            tls.cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| err("cannot read key", &tls.key, &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| err("cannot read key", &tls.key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -39,7 +43,9 @@ pub(super) fn acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, S
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| err("cannot read client CA", ca, &e))? {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| err("cannot read client CA", ca, &e))?
+            {
                 let cert = cert.map_err(|e| err("bad client CA", ca, &e))?;
                 roots.add(cert).map_err(|e| err("bad client CA", ca, &e))?;
             }
@@ -69,5 +75,8 @@ pub(super) fn peer_identity(conn: &rustls::ServerConnection) -> Option<PeerIdent
                 .next()
                 .and_then(|cn| cn.as_str().ok().map(str::to_string))
         });
-    Some(PeerIdentity { common_name, der: leaf.to_vec() })
+    Some(PeerIdentity {
+        common_name,
+        der: leaf.to_vec(),
+    })
 }

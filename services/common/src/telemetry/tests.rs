@@ -5,7 +5,10 @@ use opentelemetry::KeyValue;
 fn render_passes_promtool() {
     let m = Metrics::new("test-svc");
     let meter = m.meter();
-    let c = meter.u64_counter("upshift.test.requests").with_description("Requests seen.").build();
+    let c = meter
+        .u64_counter("upshift.test.requests")
+        .with_description("Requests seen.")
+        .build();
     c.add(3, &[KeyValue::new("route", "/x")]);
     let h = meter
         .f64_histogram("upshift.test.duration")
@@ -14,12 +17,20 @@ fn render_passes_promtool() {
         .build();
     h.record(0.25, &[KeyValue::new("route", "/x")]);
     let text = m.render();
-    assert!(text.contains("upshift_test_requests_total{route=\"/x\"} 3"), "{text}");
-    assert!(text.contains("upshift_test_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("upshift_test_requests_total{route=\"/x\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upshift_test_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(!text.contains("otel_scope"), "{text}");
     assert!(!text.contains("target_info"), "{text}");
 
-    let Ok(promtool) = which("promtool") else { return };
+    let Ok(promtool) = which("promtool") else {
+        return;
+    };
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -28,7 +39,12 @@ fn render_passes_promtool() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -52,7 +68,9 @@ fn context_round_trips_through_metadata() {
     let mut md = MetadataMap::new();
     md.insert(
         "traceparent",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
     );
     use opentelemetry::trace::TraceContextExt;
     let cx = extract_context(&md);
@@ -67,5 +85,8 @@ fn context_round_trips_through_metadata() {
 
 fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
     let path = std::env::var_os("PATH").ok_or(())?;
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file()).ok_or(())
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .ok_or(())
 }
