@@ -441,3 +441,6 @@ impl ServeArgs {
         errs.into_result(s)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -197,25 +197,24 @@ impl ServiceHostBuilder {
             .add_service(health)
             .add_service(v1)
             .add_service(v1alpha);
-        let grpc = routes
-            .into_axum_router()
-            .layer(metrics_layer::grpc_layer(&self.metrics));
+        let grpc = metrics_layer::grpc_layer(routes.into_axum_router(), &self.metrics);
         let readiness = self.readiness.clone();
         let metrics = self.metrics.clone();
         let builtin = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || readyz(readiness.clone())))
             .route("/metrics", get(move || render_metrics(metrics.clone())));
-        let http = self
-            .http
-            .clone()
-            .merge(builtin)
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                self.request_timeout,
-            ))
-            .layer(RequestBodyLimitLayer::new(self.max_request_bytes))
-            .layer(metrics_layer::http_layer(&self.metrics));
+        let http = metrics_layer::http_layer(
+            self.http
+                .clone()
+                .merge(builtin)
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    self.request_timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(self.max_request_bytes)),
+            &self.metrics,
+        );
         Ok(grpc.merge(http))
     }
 }

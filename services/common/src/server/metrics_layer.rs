@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
@@ -43,15 +43,9 @@ impl Instruments {
 }
 
 /// Layer recording `upshift_http_server_requests_total` and `..._duration_seconds` by route and status class.
-pub(super) fn http_layer(
-    metrics: &Metrics,
-) -> axum::middleware::FromFnLayer<
-    impl Fn(Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> + Clone + use<>,
-    (),
-    (Request,),
-> {
+pub(super) fn http_layer(router: Router, metrics: &Metrics) -> Router {
     let inst = Instruments::new(metrics, "http");
-    middleware::from_fn(move |req: Request, next: Next| {
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
         let inst = inst.clone();
         Box::pin(async move {
             let route = req
@@ -71,8 +65,8 @@ pub(super) fn http_layer(
                 ],
             );
             resp
-        }) as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-    })
+        })
+    }))
 }
 
 /// Layer recording `upshift_grpc_server_requests_total` and `..._duration_seconds` by method and code.
@@ -80,15 +74,9 @@ pub(super) fn http_layer(
 /// The code is read from the response headers (trailers-only responses, i.e. errors
 /// before any message); streamed responses whose status comes in trailers count as `OK`
 /// at header time.
-pub(super) fn grpc_layer(
-    metrics: &Metrics,
-) -> axum::middleware::FromFnLayer<
-    impl Fn(Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> + Clone + use<>,
-    (),
-    (Request,),
-> {
+pub(super) fn grpc_layer(router: Router, metrics: &Metrics) -> Router {
     let inst = Instruments::new(metrics, "grpc");
-    middleware::from_fn(move |req: Request, next: Next| {
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
         let inst = inst.clone();
         Box::pin(async move {
             let method = req.uri().path().to_string();
@@ -108,6 +96,6 @@ pub(super) fn grpc_layer(
                 ],
             );
             resp
-        }) as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-    })
+        })
+    }))
 }
