@@ -215,7 +215,23 @@ impl ServiceHostBuilder {
                 .layer(RequestBodyLimitLayer::new(self.max_request_bytes)),
             &self.metrics,
         );
-        Ok(grpc.merge(http))
+        Ok(grpc.merge(http).fallback(fallback))
+    }
+}
+
+/// gRPC callers get UNIMPLEMENTED, HTTP callers a JSON 404.
+async fn fallback(req: http::Request<axum::body::Body>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        tonic::Status::unimplemented(format!("no such method {}", req.uri().path())).into_http()
+    } else {
+        crate::http_error::ApiError::new(StatusCode::NOT_FOUND, "not_found", req.uri().path())
+            .into_response()
     }
 }
 

@@ -79,7 +79,12 @@ pub(super) fn grpc_layer(router: Router, metrics: &Metrics) -> Router {
     router.layer(middleware::from_fn(move |req: Request, next: Next| {
         let inst = inst.clone();
         Box::pin(async move {
-            let method = req.uri().path().to_string();
+            // Paths no service matched are not labels: a scanner could create unbounded series.
+            let method = if req.extensions().get::<MatchedPath>().is_some() {
+                req.uri().path().to_string()
+            } else {
+                "unmatched".to_string()
+            };
             let started = Instant::now();
             let resp = next.run(req).await;
             let code = resp

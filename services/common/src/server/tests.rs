@@ -25,7 +25,14 @@ struct Running {
 
 /// An HTTP route streaming chunks until the host's shutdown token fires.
 fn stream_route(token: CancellationToken) -> Router {
-    Router::new().route(
+    Router::new()
+        .route(
+            "/whoami",
+            get(|peer: Option<axum::Extension<PeerIdentity>>| async move {
+                peer.and_then(|p| p.0.common_name).unwrap_or_else(|| "anonymous".into())
+            }),
+        )
+        .route(
         "/stream",
         get(move || {
             let token = token.clone();
@@ -118,6 +125,13 @@ async fn http_health_readiness_and_metrics() {
     assert_eq!(r.text().await.unwrap(), "store unreachable");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(health(srv.addr, GRAPH).await, Hs::NotServing);
+
+    let r = get("/no/such/page").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"kind":"not_found","value":"/no/such/page"}"#
+    );
 
     let r = get("/metrics").await.unwrap();
     assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
@@ -247,6 +261,75 @@ async fn tls_serves_http1_and_grpc() {
         .await
         .unwrap();
     assert_eq!(resp.into_inner().status, Hs::Serving as i32);
+    srv.stop.cancel();
+    srv.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn mtls_client_cert_is_optional_and_identified() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test client ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["ops-admin".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "ops-admin");
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+
+    let tls = TlsSettings {
+        cert: write("cert.pem", server.cert.pem()),
+        key: write("key.pem", server.key_pair.serialize_pem()),
+        client_ca: Some(write("ca.pem", ca.pem())),
+    };
+    let srv = start(Some(tls)).await;
+    let url = format!("https://localhost:{}/whoami", srv.addr.port());
+    let root = reqwest::Certificate::from_pem(server.cert.pem().as_bytes()).unwrap();
+
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .build()
+        .unwrap();
+    assert_eq!(
+        anonymous
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "anonymous"
+    );
+
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", leaf.pem(), leaf_key.serialize_pem()).as_bytes(),
+    )
+    .unwrap();
+    let admin = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .identity(identity)
+        .build()
+        .unwrap();
+    assert_eq!(
+        admin.get(&url).send().await.unwrap().text().await.unwrap(),
+        "ops-admin"
+    );
     srv.stop.cancel();
     srv.handle.await.unwrap().unwrap();
 }
