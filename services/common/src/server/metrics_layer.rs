@@ -2,9 +2,14 @@
 
 use std::time::Instant;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
@@ -71,36 +76,118 @@ pub(super) fn http_layer(router: Router, metrics: &Metrics) -> Router {
 
 /// Layer recording `upshift_grpc_server_requests_total` and `..._duration_seconds` by method and code.
 ///
-/// The code is read from the response headers (trailers-only responses, i.e. errors
-/// before any message); streamed responses whose status comes in trailers count as `OK`
-/// at header time.
+/// The call is recorded when the response body ends, with the code from the trailers
+/// (or the headers of a trailers-only response); duration therefore covers whole streams.
 pub(super) fn grpc_layer(router: Router, metrics: &Metrics) -> Router {
     let inst = Instruments::new(metrics, "grpc");
     router.layer(middleware::from_fn(move |req: Request, next: Next| {
         let inst = inst.clone();
         Box::pin(async move {
             // Paths no service matched are not labels: a scanner could create unbounded series.
-            let method = if req.extensions().get::<MatchedPath>().is_some() {
+            let rpc = if req.extensions().get::<MatchedPath>().is_some() {
                 req.uri().path().to_string()
             } else {
                 "unmatched".to_string()
             };
             let started = Instant::now();
             let resp = next.run(req).await;
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or(tonic::Code::Ok, tonic::Code::from);
-            inst.record(
+            let header_code = grpc_code(resp.headers());
+            let recorder = GrpcRecorder {
+                inst,
+                rpc,
                 started,
-                &[
-                    KeyValue::new("rpc", method),
-                    KeyValue::new("code", format!("{code:?}")),
-                ],
-            );
-            resp
+                header_code,
+            };
+            resp.map(|body| {
+                Body::new(MeteredBody {
+                    inner: body,
+                    recorder: Some(recorder),
+                })
+            })
         })
     }))
+}
+
+fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+/// Records one gRPC call when its response ends.
+struct GrpcRecorder {
+    inst: Instruments,
+    rpc: String,
+    started: Instant,
+    header_code: Option<tonic::Code>,
+}
+
+impl GrpcRecorder {
+    fn finish(self, code: tonic::Code) {
+        let attrs = [
+            KeyValue::new("rpc", self.rpc),
+            KeyValue::new("code", format!("{code:?}")),
+        ];
+        self.inst.record(self.started, &attrs);
+    }
+}
+
+/// Response body that reports the call's status code once the body ends.
+struct MeteredBody {
+    inner: Body,
+    recorder: Option<GrpcRecorder>,
+}
+
+impl HttpBody for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code)
+                    && let Some(r) = self.recorder.take()
+                {
+                    r.finish(code);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = self.recorder.take() {
+                    let code = r.header_code.unwrap_or(tonic::Code::Ok);
+                    r.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = self.recorder.take() {
+                    r.finish(tonic::Code::Internal);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // The client went away before the status was sent.
+        if let Some(r) = self.recorder.take() {
+            let code = r.header_code.unwrap_or(tonic::Code::Cancelled);
+            r.finish(code);
+        }
+    }
 }

@@ -133,6 +133,14 @@ async fn http_health_readiness_and_metrics() {
         r#"{"kind":"not_found","value":"/no/such/page"}"#
     );
 
+    let unknown = HealthClient::new(channel(srv.addr).await)
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
     let r = get("/metrics").await.unwrap();
     assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
     let text = r.text().await.unwrap();
@@ -150,6 +158,10 @@ async fn http_health_readiness_and_metrics() {
         text.contains(
             r#"upshift_grpc_server_requests_total{code="Ok",rpc="/grpc.health.v1.Health/Check"}"#
         ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"upshift_grpc_server_requests_total{code="NotFound",rpc="/grpc.health.v1.Health/Check"} 1"#),
         "{text}"
     );
     srv.stop.cancel();
