@@ -345,3 +345,30 @@ async fn mtls_client_cert_is_optional_and_identified() {
     srv.stop.cancel();
     srv.handle.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn grpcurl_lists_advertised_services() {
+    let Some(grpcurl) = crate::telemetry::find_on_path("grpcurl") else {
+        return;
+    };
+    let srv = start(None).await;
+    let out = tokio::process::Command::new(grpcurl)
+        .args(["-plaintext", &srv.addr.to_string(), "list"])
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with("grpc.reflection."))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["grpc.health.v1.Health", GRAPH]);
+    srv.stop.cancel();
+    srv.handle.await.unwrap().unwrap();
+}

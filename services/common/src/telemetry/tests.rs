@@ -28,7 +28,7 @@ fn render_passes_promtool() {
     assert!(!text.contains("otel_scope"), "{text}");
     assert!(!text.contains("target_info"), "{text}");
 
-    let Ok(promtool) = which("promtool") else {
+    let Some(promtool) = find_on_path("promtool") else {
         return;
     };
     let mut child = std::process::Command::new(promtool)
@@ -81,12 +81,4 @@ fn context_round_trips_through_metadata() {
     let mut out = MetadataMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(&mut out));
     assert!(out.get("traceparent").is_some());
-}
-
-fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
-    let path = std::env::var_os("PATH").ok_or(())?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
