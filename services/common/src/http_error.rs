@@ -41,3 +41,24 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_json_body() {
+        let resp = ApiError::new(StatusCode::CONFLICT, "lock_held", "group default is full")
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_TYPE],
+            "application/json"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"kind":"lock_held","value":"group default is full"}"#
+        );
+    }
+}

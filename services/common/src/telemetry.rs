@@ -197,4 +197,4 @@ pub(crate) fn find_on_path(bin: &str) -> Option<std::path::PathBuf> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -28,30 +28,7 @@ fn render_passes_promtool() {
     assert!(!text.contains("otel_scope"), "{text}");
     assert!(!text.contains("target_info"), "{text}");
 
-    let Some(promtool) = find_on_path("promtool") else {
-        return;
-    };
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 }
 
 #[test]
@@ -81,4 +58,47 @@ fn context_round_trips_through_metadata() {
     let mut out = MetadataMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(&mut out));
     assert!(out.get("traceparent").is_some());
+}
+
+#[test]
+fn tracing_initializes_once_per_process() {
+    let opts = TracingOptions {
+        log_format: LogFormat::Json,
+        otlp_endpoint: None,
+        service_name: "test".into(),
+    };
+    let guard = init_tracing(&opts).unwrap();
+    assert!(matches!(
+        init_tracing(&opts),
+        Err(TelemetryError::AlreadyInitialized)
+    ));
+    drop(guard);
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed.
+pub(crate) fn promtool_check(text: &str) {
+    let Some(promtool) = find_on_path("promtool") else {
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
