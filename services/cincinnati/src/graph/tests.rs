@@ -1,0 +1,274 @@
+use super::*;
+use crate::fcos::{Commit, Reason, Rollout, UpdateRelease};
+use proptest::prelude::*;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/fcos"
+    ))
+}
+
+fn stable_index() -> ReleaseIndex {
+    ReleaseIndex::from_slice(&std::fs::read(fixtures().join("stable/releases.json")).unwrap())
+        .unwrap()
+}
+
+fn updates(rel: &str) -> UpdatesMetadata {
+    UpdatesMetadata::from_slice(&std::fs::read(fixtures().join(rel)).unwrap()).unwrap()
+}
+
+fn all_update_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(fixtures().join("stable/updates-history"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain(
+            std::fs::read_dir(fixtures().join("latest"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        )
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Edges (i, to) for every i in `from`.
+fn span(from: std::ops::Range<u32>, to: u32) -> Vec<(u32, u32)> {
+    from.map(|i| (i, to)).collect()
+}
+
+fn stable_edges(rev: &str) -> Vec<(u32, u32)> {
+    let u = updates(&format!("stable/updates-history/{rev}.json"));
+    let built = build_graph(&stable_index(), &u, "x86_64", PayloadScheme::Checksum).unwrap();
+    assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+    built.graph.edges().to_vec()
+}
+
+#[test]
+fn revision_001_single_rollout_at_oldest_has_no_edges() {
+    // Only rollout is node 0: the range 0..0 is empty.
+    assert_eq!(stable_edges("001"), vec![]);
+}
+
+#[test]
+fn revision_010_two_rollouts() {
+    // Rollouts at index 8 and 9, no barrier.
+    let mut want = span(0..8, 8);
+    want.extend(span(0..9, 9));
+    want.sort_unstable();
+    assert_eq!(stable_edges("010"), want);
+}
+
+#[test]
+fn revision_058_barriers_and_rollouts() {
+    // Barriers at 11, 13, 23, 24, 40; rollouts at 49, 50.
+    let mut want = [
+        span(0..11, 11),
+        span(11..13, 13),
+        span(13..23, 23),
+        span(23..24, 24),
+        span(24..40, 40),
+        span(40..49, 49),
+        span(40..50, 50),
+    ]
+    .concat();
+    want.sort_unstable();
+    assert_eq!(stable_edges("058"), want);
+}
+
+fn release(version: &str, arch: &str) -> IndexRelease {
+    IndexRelease {
+        version: version.to_owned(),
+        commits: vec![Commit {
+            architecture: arch.to_owned(),
+            checksum: format!("sum-{version}"),
+        }],
+        oci_images: vec![],
+        metadata: None,
+    }
+}
+
+fn directive(version: &str, barrier: bool, deadend: bool, rollout: bool) -> UpdateRelease {
+    let reason = || Reason {
+        reason: String::new(),
+    };
+    UpdateRelease {
+        version: version.to_owned(),
+        metadata: UpdateDirectives {
+            barrier: barrier.then(reason),
+            deadend: deadend.then(|| Reason {
+                reason: "bad".to_owned(),
+            }),
+            rollout: rollout.then_some(Rollout {
+                start_epoch: Some(100),
+                start_percentage: Some(0.0),
+                duration_minutes: Some(5),
+            }),
+        },
+    }
+}
+
+fn synthetic() -> BuiltGraph {
+    let index = ReleaseIndex {
+        releases: ["v0", "v1", "vA", "v2", "v3", "v4", "v5"]
+            .iter()
+            .map(|v| release(v, if *v == "vA" { "aarch64" } else { "x86_64" }))
+            .collect(),
+    };
+    let updates = UpdatesMetadata {
+        stream: "s".to_owned(),
+        metadata: BTreeMap::new(),
+        releases: vec![
+            directive("v1", false, true, false),
+            directive("v2", true, false, false),
+            directive("v3", false, true, false),
+            directive("v4", false, false, true),
+            directive("v5", true, false, true),
+            directive("gone", true, false, false),
+        ],
+    };
+    build_graph(&index, &updates, "x86_64", PayloadScheme::Checksum).unwrap()
+}
+
+#[test]
+fn synthetic_with_dead_ends() {
+    let built = synthetic();
+    // Filtered nodes v0 v1 v2 v3 v4 v5. Barrier 2: (0,2),(1,2). Rollout 4 from
+    // barrier 2: (2,4),(3,4). Rollout+barrier 5 from barrier 2: (2,5),(3,5),(4,5).
+    // Dead-ends 1 and 3 lose their outgoing edges.
+    assert_eq!(built.graph.edges(), &[(0, 2), (2, 4), (2, 5), (4, 5)]);
+    assert_eq!(built.warnings.len(), 1);
+    let ages: Vec<_> = built
+        .graph
+        .nodes()
+        .iter()
+        .map(|n| n.metadata[AGE_INDEX].clone())
+        .collect();
+    assert_eq!(ages, ["0", "1", "3", "4", "5", "6"]);
+    let v2 = &built.graph.nodes()[2].metadata;
+    assert_eq!(
+        v2["org.fedoraproject.coreos.updates.barrier_reason"],
+        "generic"
+    );
+    let v4 = &built.graph.nodes()[4].metadata;
+    assert_eq!(v4["org.fedoraproject.coreos.updates.start_value"], "0");
+    assert_eq!(v4["org.fedoraproject.coreos.updates.start_epoch"], "100");
+    assert_eq!(v4["org.fedoraproject.coreos.updates.duration_minutes"], "5");
+    assert_eq!(
+        built.graph.successors(2).collect::<BTreeSet<_>>(),
+        BTreeSet::from([4, 5])
+    );
+    assert_eq!(built.graph.node_by_version("v3"), Some(3));
+    assert_eq!(built.graph.node_by_payload("sum-v5"), Some(5));
+}
+
+use std::collections::BTreeSet;
+
+#[test]
+fn duplicates_and_bad_percentages_are_errors() {
+    let index = ReleaseIndex {
+        releases: vec![release("a", "x86_64"), release("a", "x86_64")],
+    };
+    let empty = UpdatesMetadata {
+        stream: "s".into(),
+        metadata: BTreeMap::new(),
+        releases: vec![],
+    };
+    assert!(matches!(
+        build_graph(&index, &empty, "x86_64", PayloadScheme::Checksum),
+        Err(BuildError::DuplicateIndexVersion(_))
+    ));
+    let index = ReleaseIndex {
+        releases: vec![release("a", "x86_64")],
+    };
+    let mut dup = empty.clone();
+    dup.releases = vec![
+        directive("a", true, false, false),
+        directive("a", true, false, false),
+    ];
+    assert!(matches!(
+        build_graph(&index, &dup, "x86_64", PayloadScheme::Checksum),
+        Err(BuildError::DuplicateUpdateVersion(_))
+    ));
+    let mut bad = empty;
+    let mut d = directive("a", false, false, true);
+    d.metadata.rollout.as_mut().unwrap().start_percentage = Some(f64::NAN);
+    bad.releases = vec![d];
+    assert!(matches!(
+        build_graph(&index, &bad, "x86_64", PayloadScheme::Checksum),
+        Err(BuildError::InvalidPercentage { .. })
+    ));
+}
+
+#[test]
+fn digest_is_stable_hex() {
+    let a = synthetic().graph.digest();
+    assert_eq!(a.len(), 64);
+    assert_eq!(a, synthetic().graph.digest());
+}
+
+/// Invariants every built graph must satisfy.
+fn check_invariants(index: &ReleaseIndex, built: &BuiltGraph) -> Result<(), TestCaseError> {
+    let g = &built.graph;
+    let md = |i: u32, k: &str| g.nodes()[i as usize].metadata.get(k).map(String::as_str);
+    let flag = |i: u32, k: &str| md(i, &format!("{UPDATES}.{k}")) == Some("true");
+    for &(a, b) in g.edges() {
+        prop_assert!(a < b);
+        prop_assert!(flag(b, "barrier") || flag(b, "rollout"));
+        prop_assert!(!flag(a, "deadend"));
+    }
+    prop_assert!(!petgraph::algo::is_cyclic_directed(&g.dag));
+    let mut last = None;
+    for (i, n) in g.nodes().iter().enumerate() {
+        let age: usize = md(i as u32, AGE_INDEX).unwrap().parse().unwrap();
+        prop_assert_eq!(&index.releases[age].version, &n.version);
+        prop_assert!(last < Some(age));
+        last = Some(age);
+    }
+    Ok(())
+}
+
+#[test]
+fn every_fixture_revision_satisfies_invariants() {
+    let index = stable_index();
+    for path in all_update_files() {
+        let u = UpdatesMetadata::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for arch in ["x86_64", "aarch64"] {
+            let built = build_graph(&index, &u, arch, PayloadScheme::Checksum).unwrap();
+            check_invariants(&index, &built).unwrap();
+        }
+    }
+}
+
+fn arb_case() -> impl Strategy<Value = (ReleaseIndex, UpdatesMetadata)> {
+    prop::collection::vec((any::<bool>(), 0u8..16), 0..40).prop_map(|spec| {
+        let releases = spec
+            .iter()
+            .enumerate()
+            .map(|(i, (x86, _))| release(&format!("r{i}"), if *x86 { "x86_64" } else { "s390x" }))
+            .collect();
+        let updates = spec
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, bits))| *bits & 7 != 0)
+            .map(|(i, (_, b))| directive(&format!("r{i}"), b & 1 != 0, b & 2 != 0, b & 4 != 0))
+            .collect();
+        (
+            ReleaseIndex { releases },
+            UpdatesMetadata {
+                stream: "s".into(),
+                metadata: BTreeMap::new(),
+                releases: updates,
+            },
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn random_graphs_satisfy_invariants((index, updates) in arb_case()) {
+        let built = build_graph(&index, &updates, "x86_64", PayloadScheme::Checksum).unwrap();
+        check_invariants(&index, &built)?;
+    }
+}
