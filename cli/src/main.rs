@@ -1,1 +1,42 @@
-fn main() {}
+//! `upshift`: one binary for every Upshift service and the operator's tools.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod dev;
+mod serve;
+
+/// Fleet-wide, automatic and safe OS updates for image-based Linux hosts.
+#[derive(Debug, Parser)]
+#[command(name = "upshift", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one of the services.
+    #[command(subcommand)]
+    Serve(serve::ServeCommand),
+    /// Run the whole mesh locally on the bundled Fedora CoreOS metadata.
+    Dev(dev::DevArgs),
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(command) => serve::run(command),
+        Command::Dev(args) => dev::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "upshift", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The catalog's accept/reject rules on the real Fedora CoreOS fixtures.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use upshift_cincinnati::graph::PayloadScheme;
+use upshift_graph::catalog::{Applied, Catalog, LoadState, ScopeKey};
+use upshift_graph::source::{FailureKind, RawMetadata, SourceEvent};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fcos")
+}
+
+fn releases() -> Bytes {
+    Bytes::from(std::fs::read(fixtures().join("stable/releases.json")).unwrap())
+}
+
+fn updates(revision: u32) -> Bytes {
+    let path = fixtures().join(format!("stable/updates-history/{revision:03}.json"));
+    Bytes::from(std::fs::read(path).unwrap())
+}
+
+fn event(releases: Bytes, updates: Bytes) -> SourceEvent {
+    SourceEvent { stream: "stable".into(), result: Ok(RawMetadata { releases, updates }) }
+}
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn x86() -> ScopeKey {
+    ScopeKey { stream: "stable".into(), basearch: "x86_64".into(), scheme: PayloadScheme::Checksum }
+}
+
+fn catalog(state_file: Option<PathBuf>) -> Catalog {
+    Catalog::new([("stable".to_string(), "test".to_string(), Vec::new())], state_file)
+}
+
+#[test]
+fn accepted_change_bumps_revision_once_and_same_content_does_not() {
+    let mut catalog = catalog(None);
+    let first = catalog.apply(event(releases(), updates(1)), at(1));
+    let Applied::Changed(rev1, scopes) = first else { panic!("expected a change, got {first:?}") };
+    assert_eq!(rev1, 1);
+    assert!(scopes.contains(&x86()));
+    assert_eq!(catalog.apply(event(releases(), updates(1)), at(2)), Applied::Unchanged);
+    // Whitespace-only differences parse to the same graph: still unchanged.
+    let reformatted: serde_json::Value = serde_json::from_slice(&updates(1)).unwrap();
+    let compact = Bytes::from(serde_json::to_vec(&reformatted).unwrap());
+    assert_eq!(catalog.apply(event(releases(), compact), at(3)), Applied::Unchanged);
+    assert_eq!(catalog.snapshot().revision, 1);
+
+    let next = (2..=26).find(|&r| {
+        matches!(catalog.apply(event(releases(), updates(r)), at(10 + u64::from(r))), Applied::Changed(..))
+    });
+    assert!(next.is_some(), "some later revision changes the graph");
+    assert_eq!(catalog.snapshot().revision, 2);
+}
+
+#[test]
+fn malformed_input_is_rejected_and_last_good_keeps_serving() {
+    let mut catalog = catalog(None);
+    catalog.apply(event(releases(), updates(26)), at(1));
+    let good = catalog.snapshot().scopes[&x86()].digest.clone();
+
+    let bad = [
+        (Bytes::from_static(b"{\"releases\": ["), updates(26), FailureKind::Parse, "releases.json"),
+        (releases(), Bytes::from_static(b"not json"), FailureKind::Parse, "updates.json"),
+        (
+            releases(),
+            Bytes::from_static(br#"{"stream":"stable","releases":[{"version":"x","metadata":{"rollout":{"start_percentage":"half"}}}]}"#),
+            FailureKind::Parse,
+            "updates.json",
+        ),
+    ];
+    for (releases, updates, kind, file) in bad {
+        let applied = catalog.apply(event(releases, updates), at(2));
+        let Applied::Rejected(failure) = applied else { panic!("expected rejection, got {applied:?}") };
+        assert_eq!(failure.kind, kind);
+        assert!(failure.file.ends_with(file), "{failure:?}");
+        let snapshot = catalog.snapshot();
+        assert_eq!(snapshot.sources["stable"].state, LoadState::Rejected);
+        assert_eq!(snapshot.scopes[&x86()].digest, good, "last good graph keeps serving");
+        assert_eq!(snapshot.revision, 1);
+    }
+    // Recovery clears the rejection.
+    assert_eq!(catalog.apply(event(releases(), updates(26)), at(3)), Applied::Unchanged);
+    assert_eq!(catalog.snapshot().sources["stable"].state, LoadState::Ok);
+}
+
+#[test]
+fn a_missing_file_before_any_load_leaves_the_stream_unavailable() {
+    let mut catalog = catalog(None);
+    let missing = SourceEvent {
+        stream: "stable".into(),
+        result: Err(upshift_graph::source::LoadFailure {
+            file: "/srv/stable/updates.json".into(),
+            kind: FailureKind::Missing,
+            message: "No such file or directory".into(),
+        }),
+    };
+    assert!(matches!(catalog.apply(missing, at(1)), Applied::Rejected(_)));
+    let snapshot = catalog.snapshot();
+    assert_eq!(snapshot.sources["stable"].state, LoadState::NeverLoaded);
+    assert!(snapshot.scopes.is_empty());
+}
+
+#[test]
+fn duplicate_versions_reject_the_whole_stream() {
+    let mut catalog = catalog(None);
+    let mut index: serde_json::Value = serde_json::from_slice(&releases()).unwrap();
+    let first = index["releases"][0].clone();
+    index["releases"].as_array_mut().unwrap().push(first);
+    let applied = catalog.apply(event(Bytes::from(serde_json::to_vec(&index).unwrap()), updates(26)), at(1));
+    let Applied::Rejected(failure) = applied else { panic!("expected rejection, got {applied:?}") };
+    assert_eq!(failure.kind, FailureKind::Invalid);
+}
+
+#[test]
+fn unknown_versions_in_updates_are_warnings() {
+    let mut catalog = catalog(None);
+    let latest = Bytes::from(std::fs::read(fixtures().join("latest/updates-stable.json")).unwrap());
+    let applied = catalog.apply(event(releases(), latest), at(1));
+    assert!(matches!(applied, Applied::Changed(..)), "{applied:?}");
+    assert!(!catalog.snapshot().sources["stable"].warnings.is_empty());
+}
+
+#[test]
+fn restart_keeps_revisions_of_unchanged_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("graph-state.json");
+    let mut first = catalog(Some(state.clone()));
+    first.apply(event(releases(), updates(1)), at(1));
+    first.apply(event(releases(), updates(26)), at(2));
+    let before = first.snapshot();
+    drop(first);
+
+    let mut second = catalog(Some(state.clone()));
+    assert_eq!(second.apply(event(releases(), updates(26)), at(3)), Applied::Unchanged);
+    let after = second.snapshot();
+    assert_eq!(after.revision, before.revision);
+    assert_eq!(after.scopes[&x86()].revision, before.scopes[&x86()].revision);
+    // A real change after the restart gets a fresh, higher revision.
+    let applied = second.apply(event(releases(), updates(1)), at(4));
+    assert_eq!(applied_revision(&applied), Some(before.revision + 1));
+}
+
+fn applied_revision(applied: &Applied) -> Option<u64> {
+    match applied {
+        Applied::Changed(revision, _) => Some(*revision),
+        _ => None,
+    }
+}
