@@ -232,12 +232,12 @@ fn payload_of<'a>(rel: &'a IndexRelease, basearch: &str, scheme: PayloadScheme) 
         PayloadScheme::Checksum => rel
             .commits
             .iter()
-            .find(|c| c.architecture == basearch)
+            .find(|c| c.architecture == basearch && !c.checksum.is_empty())
             .map(|c| c.checksum.as_str()),
         PayloadScheme::Oci => rel
             .oci_images
             .iter()
-            .find(|c| c.architecture == basearch)
+            .find(|c| c.architecture == basearch && !c.digest_ref.is_empty())
             .map(|c| c.digest_ref.as_str()),
     }
 }

@@ -69,7 +69,7 @@ pub fn select_target(
     let booted_age = age(graph, booted);
     let candidates = graph.successors(booted).filter(|&i| {
         let n = &graph.nodes()[i as usize];
-        !denied.iter().any(|d| *d == n.version) && (allow_downgrade || age(graph, i) >= booted_age)
+        !denied.contains(&n.version) && (allow_downgrade || age(graph, i) >= booted_age)
     });
     let (mut best_visible, mut best_hidden) = (None, None);
     for i in candidates {
