@@ -1,1 +1,3 @@
 //! The lock service: FleetLock-compatible reboot slots.
+
+pub mod semaphore;
