@@ -15,6 +15,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size difference between variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one of the services.
@@ -35,7 +37,12 @@ fn main() -> ExitCode {
         Command::Serve(command) => serve::run(command),
         Command::Dev(args) => dev::run(args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "upshift", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "upshift",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
     }

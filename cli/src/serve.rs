@@ -12,7 +12,7 @@ use upshift_common::config::{ConfigErrors, EX_USAGE, ServerSettings};
 use upshift_common::server::{BoundServer, shutdown_signal};
 use upshift_common::telemetry::{TracingOptions, init_tracing};
 
-mod graph;
+pub mod graph;
 
 /// The services.
 #[derive(Debug, Subcommand)]
@@ -65,7 +65,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<BoundServer>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("upshift: cannot start the runtime: {err}");

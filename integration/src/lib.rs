@@ -17,14 +17,20 @@ pub fn bin_dir() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary, with a clear error when it was not built.
 pub fn bin(name: &str) -> Result<PathBuf> {
     let path = bin_dir().join(name);
     if !path.is_file() {
-        bail!("{} not found: build it first (`cargo build --bins`; `cargo xtask test` does)", path.display());
+        bail!(
+            "{} not found: build it first (`cargo build --bins`; `cargo xtask test` does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -83,12 +89,18 @@ impl ServiceProcess {
 
     fn spawn(&mut self, listen: &str) -> Result<()> {
         let _ = std::fs::remove_file(&self.addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(&self.program)
             .args(&self.args)
             .args(["--listen", listen, "--addr-file"])
             .arg(&self.addr_file)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -97,17 +109,29 @@ impl ServiceProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&self.addr_file) {
-                if !addr.trim().is_empty() {
-                    self.addr = addr.trim().to_string();
-                    return Ok(());
-                }
+            if let Ok(addr) = std::fs::read_to_string(&self.addr_file)
+                && !addr.trim().is_empty()
+            {
+                self.addr = addr.trim().to_string();
+                return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{} exited with {status} before listening; log:\n{}", self.name, self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "{} exited with {status} before listening; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if Instant::now() > deadline {
-                bail!("{} did not start listening in 30 s; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} did not start listening in 30 s; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -150,7 +174,11 @@ impl ServiceProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} not ready after {timeout:?}; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -166,8 +194,12 @@ impl ServiceProcess {
 
     /// Sends SIGTERM and waits for a graceful exit; returns its status code.
     pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let Some(mut child) = self.child.take() else { return Ok(None) };
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -178,7 +210,11 @@ impl ServiceProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -196,7 +232,12 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- {} log ({}), last lines:\n{}", self.name, self.log.display(), self.log_tail());
+            eprintln!(
+                "--- {} log ({}), last lines:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
         }
     }
 }
@@ -208,7 +249,9 @@ pub struct Workdir(Option<tempfile::TempDir>);
 impl Workdir {
     /// A new temp dir.
     pub fn new() -> Result<Self> {
-        Ok(Self(Some(tempfile::Builder::new().prefix("upshift-it-").tempdir()?)))
+        Ok(Self(Some(
+            tempfile::Builder::new().prefix("upshift-it-").tempdir()?,
+        )))
     }
 
     /// Its path.
@@ -219,10 +262,10 @@ impl Workdir {
 
 impl Drop for Workdir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(dir) = self.0.take() {
-                eprintln!("--- keeping work dir {}", dir.keep().display());
-            }
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("--- keeping work dir {}", dir.keep().display());
         }
     }
 }

@@ -34,7 +34,11 @@ pub fn promtool_check_metrics(exposition: &str) -> Result<bool> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    child.stdin.take().expect("stdin").write_all(exposition.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())?;
     let output = child.wait_with_output()?;
     check(output, "promtool check metrics")?;
     Ok(true)
@@ -46,7 +50,10 @@ pub fn promtool_check_file(what: &str, file: &Path) -> Result<bool> {
         eprintln!("NOTICE: promtool not on PATH; skipping `promtool check {what}`");
         return Ok(false);
     }
-    let output = Command::new("promtool").args(["check", what]).arg(file).output()?;
+    let output = Command::new("promtool")
+        .args(["check", what])
+        .arg(file)
+        .output()?;
     check(output, "promtool")?;
     Ok(true)
 }

@@ -17,14 +17,25 @@ async fn start_graph(dir: &Workdir) -> Result<ServiceProcess> {
     let graph = ServiceProcess::start(
         "graph",
         dir.path(),
-        &["serve", "graph", "--metadata", metadata.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        &[
+            "serve",
+            "graph",
+            "--metadata",
+            metadata.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
     )?;
     graph.wait_ready(Duration::from_secs(20)).await?;
     Ok(graph)
 }
 
 fn x86_scope() -> pb::Scope {
-    pb::Scope { stream: "stable".into(), basearch: "x86_64".into(), scheme: pb::PayloadScheme::Checksum as i32 }
+    pb::Scope {
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        scheme: pb::PayloadScheme::Checksum as i32,
+    }
 }
 
 #[tokio::test]
@@ -32,7 +43,10 @@ async fn serves_cincinnati_json_with_etag_and_errors() -> Result<()> {
     let dir = Workdir::new()?;
     let graph = start_graph(&dir).await?;
     let client = reqwest::Client::new();
-    let url = format!("{}/v1/graph?basearch=x86_64&stream=stable&node_uuid=ignored", graph.url());
+    let url = format!(
+        "{}/v1/graph?basearch=x86_64&stream=stable&node_uuid=ignored",
+        graph.url()
+    );
     let response = client.get(&url).send().await?;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -41,16 +55,27 @@ async fn serves_cincinnati_json_with_etag_and_errors() -> Result<()> {
     assert!(!body["nodes"].as_array().unwrap().is_empty());
     assert!(body["edges"].is_array());
 
-    let cached = client.get(&url).header("if-none-match", &etag).send().await?;
+    let cached = client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await?;
     assert_eq!(cached.status(), 304);
 
     for (query, status, kind) in [
         ("stream=stable", 400, "missing_params"),
         ("basearch=x86_64&stream=nope", 404, "unknown_stream"),
         ("basearch=s390x&stream=stable", 404, "unknown_basearch"),
-        ("basearch=x86_64&stream=stable&oci=maybe", 400, "invalid_params"),
+        (
+            "basearch=x86_64&stream=stable&oci=maybe",
+            400,
+            "invalid_params",
+        ),
     ] {
-        let response = client.get(format!("{}/v1/graph?{query}", graph.url())).send().await?;
+        let response = client
+            .get(format!("{}/v1/graph?{query}", graph.url()))
+            .send()
+            .await?;
         assert_eq!(response.status(), status, "{query}");
         assert_eq!(response.headers()["content-type"], "application/json");
         let error: serde_json::Value = response.json().await?;
@@ -65,15 +90,26 @@ async fn watch_graph_sees_a_file_edit_and_bad_edits_keep_the_last_good_graph() -
     let dir = Workdir::new()?;
     let graph = start_graph(&dir).await?;
     let mut client = GraphServiceClient::connect(graph.url()).await?;
-    let first = client.get_graph(pb::GetGraphRequest { scope: Some(x86_scope()) }).await?.into_inner();
+    let first = client
+        .get_graph(pb::GetGraphRequest {
+            scope: Some(x86_scope()),
+        })
+        .await?
+        .into_inner();
     let first = first.graph.expect("graph");
 
     let mut watch = client
-        .watch_graph(pb::WatchGraphRequest { scopes: vec![x86_scope()], since_revision: 0 })
+        .watch_graph(pb::WatchGraphRequest {
+            scopes: vec![x86_scope()],
+            since_revision: 0,
+        })
         .await?
         .into_inner();
     let current = watch.next().await.expect("current graph")?;
-    assert_eq!(current.graph.as_ref().map(|g| g.revision), Some(first.revision));
+    assert_eq!(
+        current.graph.as_ref().map(|g| g.revision),
+        Some(first.revision)
+    );
 
     // A malformed edit is rejected; the status says why; the graph stays.
     let updates = dir.path().join("metadata/stable/updates.json");
@@ -81,23 +117,34 @@ async fn watch_graph_sees_a_file_edit_and_bad_edits_keep_the_last_good_graph() -
     let status = wait_for_rejection(&mut client).await?;
     assert!(status.error_file.ends_with("updates.json"), "{status:?}");
     assert_eq!(status.error_kind, "parse");
-    let still = client.get_graph(pb::GetGraphRequest { scope: Some(x86_scope()) }).await?.into_inner();
+    let still = client
+        .get_graph(pb::GetGraphRequest {
+            scope: Some(x86_scope()),
+        })
+        .await?
+        .into_inner();
     assert_eq!(still.graph.expect("graph").digest, first.digest);
 
     // A real change arrives on the open stream as a new revision.
     let history = upshift_integration::fixtures().join("fcos/stable/updates-history/026.json");
     std::fs::copy(history, &updates)?;
-    let next = tokio::time::timeout(Duration::from_secs(20), watch.next()).await?.expect("new revision")?;
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await?
+        .expect("new revision")?;
     let next = next.graph.expect("graph");
     assert!(next.revision > first.revision);
     assert_ne!(next.digest, first.digest);
     Ok(())
 }
 
-async fn wait_for_rejection(client: &mut GraphServiceClient<tonic::transport::Channel>) -> Result<pb::SourceStatus> {
+async fn wait_for_rejection(
+    client: &mut GraphServiceClient<tonic::transport::Channel>,
+) -> Result<pb::SourceStatus> {
     for _ in 0..200 {
         let status = client
-            .get_source_status(pb::GetSourceStatusRequest { stream: "stable".into() })
+            .get_source_status(pb::GetSourceStatusRequest {
+                stream: "stable".into(),
+            })
             .await?
             .into_inner();
         let source = status.sources.into_iter().next().expect("stable source");
@@ -115,24 +162,45 @@ async fn grpcurl_lists_describes_and_calls() -> Result<()> {
     let graph = start_graph(&dir).await?;
     let addr = graph.addr();
     let services = grpcurl(&[addr, "list"])?;
-    assert!(services.contains("upshift.graph.v1.GraphService"), "{services}");
+    assert!(
+        services.contains("upshift.graph.v1.GraphService"),
+        "{services}"
+    );
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
-    assert!(!services.contains("upshift.lock.v1"), "advertises only what it implements: {services}");
+    assert!(
+        !services.contains("upshift.lock.v1"),
+        "advertises only what it implements: {services}"
+    );
 
     let described = grpcurl(&[addr, "describe", "upshift.graph.v1.GraphService"])?;
     assert!(described.contains("rpc WatchGraph"), "{described}");
 
     let request = r#"{"scope":{"stream":"stable","basearch":"x86_64"}}"#;
-    let answer = grpcurl(&["-d", request, addr, "upshift.graph.v1.GraphService/GetGraph"])?;
+    let answer = grpcurl(&[
+        "-d",
+        request,
+        addr,
+        "upshift.graph.v1.GraphService/GetGraph",
+    ])?;
     let answer: serde_json::Value = serde_json::from_str(&answer)?;
-    assert!(answer["graph"]["nodes"].as_array().is_some_and(|n| !n.is_empty()));
+    assert!(
+        answer["graph"]["nodes"]
+            .as_array()
+            .is_some_and(|n| !n.is_empty())
+    );
 
     let health = grpcurl(&[addr, "grpc.health.v1.Health/Check"])?;
     assert!(health.contains("SERVING"), "{health}");
 
     // A WatchGraph stream through grpcurl sees an update made while it runs.
     let watcher = std::process::Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "8", "-d", r#"{"scopes":[{"stream":"stable","basearch":"x86_64"}]}"#])
+        .args([
+            "-plaintext",
+            "-max-time",
+            "8",
+            "-d",
+            r#"{"scopes":[{"stream":"stable","basearch":"x86_64"}]}"#,
+        ])
         .args([addr, "upshift.graph.v1.GraphService/WatchGraph"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -146,7 +214,10 @@ async fn grpcurl_lists_describes_and_calls() -> Result<()> {
         .filter_map(|l| l.trim().strip_prefix("\"revision\": \""))
         .filter_map(|l| l.trim_end_matches(['"', ',']).parse().ok())
         .collect();
-    assert!(revisions.len() >= 2, "expected the current and a new revision, got {revisions:?} from:\n{text}");
+    assert!(
+        revisions.len() >= 2,
+        "expected the current and a new revision, got {revisions:?} from:\n{text}"
+    );
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
     Ok(())
 }
@@ -156,8 +227,19 @@ async fn metrics_pass_promtool_and_sigterm_exits_cleanly() -> Result<()> {
     let dir = Workdir::new()?;
     let mut graph = start_graph(&dir).await?;
     let client = reqwest::Client::new();
-    client.get(format!("{}/v1/graph?basearch=x86_64&stream=stable", graph.url())).send().await?;
-    let metrics = client.get(format!("{}/metrics", graph.url())).send().await?.text().await?;
+    client
+        .get(format!(
+            "{}/v1/graph?basearch=x86_64&stream=stable",
+            graph.url()
+        ))
+        .send()
+        .await?;
+    let metrics = client
+        .get(format!("{}/metrics", graph.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(metrics.contains("upshift_graph_nodes"), "{metrics}");
     assert!(metrics.contains("stream=\"stable\""), "{metrics}");
     promtool_check_metrics(&metrics)?;

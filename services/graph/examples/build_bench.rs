@@ -9,8 +9,10 @@ use upshift_graph::catalog::Catalog;
 use upshift_graph::source::{RawMetadata, SourceEvent};
 
 fn main() {
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fcos/stable");
-    let releases = Bytes::from(std::fs::read(fixtures.join("releases.json")).expect("releases.json"));
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fcos/stable");
+    let releases =
+        Bytes::from(std::fs::read(fixtures.join("releases.json")).expect("releases.json"));
     let mut revisions: Vec<PathBuf> = std::fs::read_dir(fixtures.join("updates-history"))
         .expect("updates-history")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -25,10 +27,14 @@ fn main() {
         let mut total = Duration::ZERO;
         for _ in 0..rounds {
             // A fresh catalog each round so every round really builds.
-            let mut catalog = Catalog::new([("stable".to_string(), String::new(), Vec::new())], None);
+            let mut catalog =
+                Catalog::new([("stable".to_string(), String::new(), Vec::new())], None);
             let event = SourceEvent {
                 stream: "stable".into(),
-                result: Ok(RawMetadata { releases: releases.clone(), updates: updates.clone() }),
+                result: Ok(RawMetadata {
+                    releases: releases.clone(),
+                    updates: updates.clone(),
+                }),
             };
             let start = Instant::now();
             catalog.apply(event, SystemTime::UNIX_EPOCH);
@@ -43,7 +49,10 @@ fn main() {
             "min_us": best.as_secs_f64() * 1e6,
         }));
     }
-    let means: Vec<f64> = per_revision.iter().map(|r| r["mean_us"].as_f64().unwrap()).collect();
+    let means: Vec<f64> = per_revision
+        .iter()
+        .map(|r| r["mean_us"].as_f64().unwrap())
+        .collect();
     let report = serde_json::json!({
         "what": "parse + build all scopes (x86_64, aarch64 x checksum, oci) + serialize, per updates.json revision",
         "rounds": rounds,

@@ -143,7 +143,10 @@ impl Catalog {
         streams: impl IntoIterator<Item = (String, String, Vec<String>)>,
         state_file: Option<PathBuf>,
     ) -> Self {
-        let persisted = state_file.as_deref().map(PersistedState::load).unwrap_or_default();
+        let persisted = state_file
+            .as_deref()
+            .map(PersistedState::load)
+            .unwrap_or_default();
         let mut sources = BTreeMap::new();
         let mut architectures = BTreeMap::new();
         for (stream, location, archs) in streams {
@@ -162,9 +165,18 @@ impl Catalog {
             );
             architectures.insert(stream, archs);
         }
-        let snapshot = Snapshot { revision: persisted.revision, scopes: BTreeMap::new(), sources };
+        let snapshot = Snapshot {
+            revision: persisted.revision,
+            scopes: BTreeMap::new(),
+            sources,
+        };
         let (tx, _) = watch::channel(Arc::new(snapshot));
-        Self { tx, architectures, state_file, persisted }
+        Self {
+            tx,
+            architectures,
+            state_file,
+            persisted,
+        }
     }
 
     /// A receiver of snapshots (the latest is always available).
@@ -180,23 +192,32 @@ impl Catalog {
     /// Applies one source event at time `now`.
     pub fn apply(&mut self, event: SourceEvent, now: SystemTime) -> Applied {
         let current = self.snapshot();
-        let archs = self.architectures.get(&event.stream).cloned().unwrap_or_default();
-        let built = event.result.and_then(|raw| build_scopes(&event.stream, &raw, &archs));
+        let archs = self
+            .architectures
+            .get(&event.stream)
+            .cloned()
+            .unwrap_or_default();
+        let built = event
+            .result
+            .and_then(|raw| build_scopes(&event.stream, &raw, &archs));
         let mut next = Snapshot {
             revision: current.revision,
             scopes: current.scopes.clone(),
             sources: current.sources.clone(),
         };
-        let status = next.sources.entry(event.stream.clone()).or_insert_with(|| SourceStatus {
-            stream: event.stream.clone(),
-            location: String::new(),
-            state: LoadState::NeverLoaded,
-            failure: None,
-            last_attempt: None,
-            last_success: None,
-            warnings: Vec::new(),
-            architectures: Vec::new(),
-        });
+        let status = next
+            .sources
+            .entry(event.stream.clone())
+            .or_insert_with(|| SourceStatus {
+                stream: event.stream.clone(),
+                location: String::new(),
+                state: LoadState::NeverLoaded,
+                failure: None,
+                last_attempt: None,
+                last_success: None,
+                warnings: Vec::new(),
+                architectures: Vec::new(),
+            });
         status.last_attempt = Some(now);
         let (graphs, warnings) = match built {
             Err(failure) => {
@@ -285,13 +306,16 @@ impl Catalog {
         for (key, graph) in &snapshot.scopes {
             self.persisted.scopes.insert(
                 key.to_string(),
-                PersistedScope { revision: graph.revision, digest: graph.digest.clone() },
+                PersistedScope {
+                    revision: graph.revision,
+                    digest: graph.digest.clone(),
+                },
             );
         }
-        if let Some(path) = &self.state_file {
-            if let Err(err) = self.persisted.save(path) {
-                tracing::warn!(path = %path.display(), %err, "cannot persist graph revisions");
-            }
+        if let Some(path) = &self.state_file
+            && let Err(err) = self.persisted.save(path)
+        {
+            tracing::warn!(path = %path.display(), %err, "cannot persist graph revisions");
         }
     }
 }
@@ -299,19 +323,28 @@ impl Catalog {
 type BuiltScopes = (BTreeMap<ScopeKey, (Graph, Bytes, String)>, Vec<String>);
 
 /// Parses both files and builds every scope of a stream.
-fn build_scopes(stream: &str, raw: &RawMetadata, archs: &[String]) -> Result<BuiltScopes, LoadFailure> {
+fn build_scopes(
+    stream: &str,
+    raw: &RawMetadata,
+    archs: &[String],
+) -> Result<BuiltScopes, LoadFailure> {
     let index: ReleaseIndex = parse(&raw.releases, "releases.json")?;
     let updates: UpdatesMetadata = parse(&raw.updates, "updates.json")?;
-    let archs = if archs.is_empty() { index_architectures(&index) } else { archs.to_vec() };
+    let archs = if archs.is_empty() {
+        index_architectures(&index)
+    } else {
+        archs.to_vec()
+    };
     let mut graphs = BTreeMap::new();
     let mut warnings = Vec::new();
     for basearch in archs {
         for scheme in [PayloadScheme::Checksum, PayloadScheme::Oci] {
-            let built = build_graph(&index, &updates, &basearch, scheme).map_err(|err| LoadFailure {
-                file: "updates.json".into(),
-                kind: FailureKind::Invalid,
-                message: format!("{basearch}: {err}"),
-            })?;
+            let built =
+                build_graph(&index, &updates, &basearch, scheme).map_err(|err| LoadFailure {
+                    file: "updates.json".into(),
+                    kind: FailureKind::Invalid,
+                    message: format!("{basearch}: {err}"),
+                })?;
             for warning in built.warnings {
                 if !warnings.contains(&warning) {
                     warnings.push(warning);
@@ -319,7 +352,11 @@ fn build_scopes(stream: &str, raw: &RawMetadata, archs: &[String]) -> Result<Bui
             }
             let json = Bytes::from(CincinnatiGraph::from(&built.graph).to_json_bytes());
             let digest = built.graph.digest();
-            let key = ScopeKey { stream: stream.to_string(), basearch: basearch.clone(), scheme };
+            let key = ScopeKey {
+                stream: stream.to_string(),
+                basearch: basearch.clone(),
+                scheme,
+            };
             graphs.insert(key, (built.graph, json, digest));
         }
     }

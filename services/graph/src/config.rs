@@ -84,7 +84,9 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Dir(dir) => write!(f, "{}", dir.display()),
-            Location::Http { releases, updates, .. } => write!(f, "{releases} + {updates}"),
+            Location::Http {
+                releases, updates, ..
+            } => write!(f, "{releases} + {updates}"),
         }
     }
 }
@@ -106,7 +108,10 @@ impl GraphConfig {
         let mut errors = ConfigErrors::default();
         let mut streams = Vec::new();
         if self.streams.is_empty() {
-            errors.push("streams", "no stream configured: add [streams.NAME] or pass --metadata");
+            errors.push(
+                "streams",
+                "no stream configured: add [streams.NAME] or pass --metadata",
+            );
         }
         for (name, source) in &self.streams {
             match validate_stream(name, source) {
@@ -123,7 +128,11 @@ impl GraphConfig {
     /// `url_streams`.
     pub fn add_metadata_flag(&mut self, value: &str, url_streams: &[String]) -> Result<(), String> {
         if value.starts_with("http://") || value.starts_with("https://") {
-            let base = if value.ends_with('/') { value.to_string() } else { format!("{value}/") };
+            let base = if value.ends_with('/') {
+                value.to_string()
+            } else {
+                format!("{value}/")
+            };
             for stream in url_streams {
                 self.streams.insert(
                     stream.clone(),
@@ -144,7 +153,13 @@ impl GraphConfig {
             ));
         }
         for (stream, path) in found {
-            self.streams.insert(stream, StreamSource { dir: Some(path), ..StreamSource::default() });
+            self.streams.insert(
+                stream,
+                StreamSource {
+                    dir: Some(path),
+                    ..StreamSource::default()
+                },
+            );
         }
         Ok(())
     }
@@ -152,15 +167,16 @@ impl GraphConfig {
 
 /// Lists `(stream, dir)` for each subdirectory of `root` holding both files.
 pub fn discover_stream_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let entries =
-        std::fs::read_dir(root).map_err(|e| format!("{}: cannot read directory: {e}", root.display()))?;
+    let entries = std::fs::read_dir(root)
+        .map_err(|e| format!("{}: cannot read directory: {e}", root.display()))?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.join("releases.json").is_file() && path.join("updates.json").is_file() {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                found.push((name.to_string(), path));
-            }
+        if path.join("releases.json").is_file()
+            && path.join("updates.json").is_file()
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            found.push((name.to_string(), path));
         }
     }
     found.sort();
@@ -168,7 +184,11 @@ pub fn discover_stream_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, Strin
 }
 
 fn validate_stream(name: &str, source: &StreamSource) -> Result<ValidStream, String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(format!("invalid stream name {name:?}"));
     }
     let location = match (&source.dir, &source.releases, &source.updates) {
@@ -178,16 +198,22 @@ fn validate_stream(name: &str, source: &StreamSource) -> Result<ValidStream, Str
             updates: parse_url(updates)?,
             interval: source.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
         },
-        (None, None, None) => return Err("set either `dir` or both `releases` and `updates`".into()),
+        (None, None, None) => {
+            return Err("set either `dir` or both `releases` and `updates`".into());
+        }
         (Some(_), _, _) => return Err("`dir` and URLs are mutually exclusive".into()),
         _ => return Err("URL sources need both `releases` and `updates`".into()),
     };
-    if let Location::Http { interval, .. } = &location {
-        if interval.is_zero() {
-            return Err("poll_interval must be positive".into());
-        }
+    if let Location::Http { interval, .. } = &location
+        && interval.is_zero()
+    {
+        return Err("poll_interval must be positive".into());
     }
-    Ok(ValidStream { name: name.to_string(), location, architectures: source.architectures.clone() })
+    Ok(ValidStream {
+        name: name.to_string(),
+        location,
+        architectures: source.architectures.clone(),
+    })
 }
 
 fn parse_url(raw: &str) -> Result<url::Url, String> {

@@ -24,7 +24,10 @@ pub struct GraphGrpc {
 impl GraphGrpc {
     /// Serves the snapshots of `snapshots`; watch streams end on `shutdown`.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: CancellationToken) -> Self {
-        Self { snapshots, shutdown }
+        Self {
+            snapshots,
+            shutdown,
+        }
     }
 
     /// The tonic server wrapping this service.
@@ -37,14 +40,25 @@ impl GraphGrpc {
 pub fn scope_key(scope: Option<&pb::Scope>) -> Result<ScopeKey, Status> {
     let scope = scope.ok_or_else(|| Status::invalid_argument("scope is required"))?;
     if scope.stream.is_empty() || scope.basearch.is_empty() {
-        return Err(Status::invalid_argument("scope.stream and scope.basearch are required"));
+        return Err(Status::invalid_argument(
+            "scope.stream and scope.basearch are required",
+        ));
     }
     let scheme = match pb::PayloadScheme::try_from(scope.scheme) {
         Ok(pb::PayloadScheme::Oci) => PayloadScheme::Oci,
         Ok(pb::PayloadScheme::Checksum | pb::PayloadScheme::Unspecified) => PayloadScheme::Checksum,
-        Err(_) => return Err(Status::invalid_argument(format!("unknown scheme {}", scope.scheme))),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown scheme {}",
+                scope.scheme
+            )));
+        }
     };
-    Ok(ScopeKey { stream: scope.stream.clone(), basearch: scope.basearch.clone(), scheme })
+    Ok(ScopeKey {
+        stream: scope.stream.clone(),
+        basearch: scope.basearch.clone(),
+        scheme,
+    })
 }
 
 fn scope_proto(key: &ScopeKey) -> pb::Scope {
@@ -70,10 +84,19 @@ pub fn graph_proto(scope: &ScopeGraph) -> pb::Graph {
             .map(|node| pb::Release {
                 version: node.version.clone(),
                 payload: node.payload.clone(),
-                metadata: node.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                metadata: node
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             })
             .collect(),
-        edges: scope.graph.edges().iter().map(|&(from, to)| pb::Edge { from, to }).collect(),
+        edges: scope
+            .graph
+            .edges()
+            .iter()
+            .map(|&(from, to)| pb::Edge { from, to })
+            .collect(),
         built_at: Some(timestamp(scope.built_at)),
         digest: scope.digest.clone(),
     }
@@ -85,13 +108,25 @@ pub fn lookup(snapshot: &Snapshot, key: &ScopeKey) -> Result<Arc<ScopeGraph>, St
         return Ok(graph.clone());
     }
     match snapshot.sources.get(&key.stream) {
-        None => Err(Status::not_found(format!("unknown stream {:?}", key.stream))),
-        Some(source) if source.state == LoadState::NeverLoaded => Err(Status::unavailable(format!(
-            "stream {:?} has not loaded yet{}",
-            key.stream,
-            source.failure.as_ref().map(|f| format!(": {}: {}", f.file, f.message)).unwrap_or_default()
+        None => Err(Status::not_found(format!(
+            "unknown stream {:?}",
+            key.stream
         ))),
-        Some(_) => Err(Status::not_found(format!("stream {:?} has no graph for {key}", key.stream))),
+        Some(source) if source.state == LoadState::NeverLoaded => {
+            Err(Status::unavailable(format!(
+                "stream {:?} has not loaded yet{}",
+                key.stream,
+                source
+                    .failure
+                    .as_ref()
+                    .map(|f| format!(": {}: {}", f.file, f.message))
+                    .unwrap_or_default()
+            )))
+        }
+        Some(_) => Err(Status::not_found(format!(
+            "stream {:?} has no graph for {key}",
+            key.stream
+        ))),
     }
 }
 
@@ -108,7 +143,9 @@ fn source_proto(source: &SourceStatus) -> pb::SourceStatus {
         state: state as i32,
         error: failure.map(|f| f.message.clone()).unwrap_or_default(),
         error_file: failure.map(|f| f.file.clone()).unwrap_or_default(),
-        error_kind: failure.map(|f| f.kind.as_str().to_string()).unwrap_or_default(),
+        error_kind: failure
+            .map(|f| f.kind.as_str().to_string())
+            .unwrap_or_default(),
         last_attempt: source.last_attempt.map(timestamp),
         last_success: source.last_success.map(timestamp),
         warnings: source.warnings.clone(),
@@ -127,7 +164,9 @@ impl pb::graph_service_server::GraphService for GraphGrpc {
         let key = scope_key(request.get_ref().scope.as_ref())?;
         let snapshot = self.snapshots.borrow().clone();
         let graph = lookup(&snapshot, &key)?;
-        Ok(Response::new(pb::GetGraphResponse { graph: Some(graph_proto(&graph)) }))
+        Ok(Response::new(pb::GetGraphResponse {
+            graph: Some(graph_proto(&graph)),
+        }))
     }
 
     type WatchGraphStream = WatchStream;
@@ -137,8 +176,11 @@ impl pb::graph_service_server::GraphService for GraphGrpc {
         request: Request<pb::WatchGraphRequest>,
     ) -> Result<Response<Self::WatchGraphStream>, Status> {
         let request = request.into_inner();
-        let filter =
-            request.scopes.iter().map(|s| scope_key(Some(s))).collect::<Result<Vec<_>, _>>()?;
+        let filter = request
+            .scopes
+            .iter()
+            .map(|s| scope_key(Some(s)))
+            .collect::<Result<Vec<_>, _>>()?;
         let watcher = Watcher {
             snapshots: self.snapshots.clone(),
             filter,
@@ -148,7 +190,10 @@ impl pb::graph_service_server::GraphService for GraphGrpc {
             shutdown: self.shutdown.clone(),
             first: true,
         };
-        Ok(Response::new(Box::pin(futures::stream::unfold(watcher, Watcher::next))))
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            watcher,
+            Watcher::next,
+        ))))
     }
 
     async fn list_scopes(
@@ -208,7 +253,9 @@ impl Watcher {
         loop {
             if let Some(graph) = self.pending.pop_front() {
                 self.sent.insert(graph.key.clone(), graph.revision);
-                let response = pb::WatchGraphResponse { graph: Some(graph_proto(&graph)) };
+                let response = pb::WatchGraphResponse {
+                    graph: Some(graph_proto(&graph)),
+                };
                 return Some((Ok(response), self));
             }
             if !self.first {

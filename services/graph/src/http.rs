@@ -16,7 +16,9 @@ use crate::catalog::{LoadState, ScopeKey, Snapshot};
 
 /// The HTTP routes of the graph service.
 pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>) -> axum::Router {
-    axum::Router::new().route("/v1/graph", get(graph)).with_state(snapshots)
+    axum::Router::new()
+        .route("/v1/graph", get(graph))
+        .with_state(snapshots)
 }
 
 async fn graph(
@@ -34,7 +36,10 @@ async fn graph(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((
-        [(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag)],
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::ETAG, etag),
+        ],
         graph.json.clone(),
     )
         .into_response())
@@ -52,7 +57,10 @@ fn scope_from_params(params: &HashMap<String, String>) -> Result<ScopeKey, ApiEr
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_params",
-            format!("mandatory client parameters missing: {}", missing.join(", ")),
+            format!(
+                "mandatory client parameters missing: {}",
+                missing.join(", ")
+            ),
         ));
     }
     let scheme = match params.get("oci").map(String::as_str) {
@@ -66,7 +74,11 @@ fn scope_from_params(params: &HashMap<String, String>) -> Result<ScopeKey, ApiEr
             ));
         }
     };
-    Ok(ScopeKey { stream: params["stream"].clone(), basearch: params["basearch"].clone(), scheme })
+    Ok(ScopeKey {
+        stream: params["stream"].clone(),
+        basearch: params["basearch"].clone(),
+        scheme,
+    })
 }
 
 fn missing_graph(snapshot: &Snapshot, key: &ScopeKey) -> ApiError {
@@ -80,7 +92,10 @@ fn missing_graph(snapshot: &Snapshot, key: &ScopeKey) -> ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "graph_unavailable",
             match &source.failure {
-                Some(f) => format!("stream {:?} has not loaded: {}: {}", key.stream, f.file, f.message),
+                Some(f) => format!(
+                    "stream {:?} has not loaded: {}: {}",
+                    key.stream, f.file, f.message
+                ),
                 None => format!("stream {:?} has not loaded yet", key.stream),
             },
         ),
@@ -94,7 +109,13 @@ fn missing_graph(snapshot: &Snapshot, key: &ScopeKey) -> ApiError {
 
 /// Whether `If-None-Match` lists `etag` (or `*`).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').map(str::trim).any(|tag| tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag))
-    })
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag))
+        })
 }

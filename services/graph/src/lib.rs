@@ -51,7 +51,13 @@ impl GraphService {
     ) -> Self {
         let state_file = data_dir.map(|dir| dir.join("graph-state.json"));
         let catalog = Catalog::new(
-            streams.iter().map(|s| (s.name.clone(), s.location.to_string(), s.architectures.clone())),
+            streams.iter().map(|s| {
+                (
+                    s.name.clone(),
+                    s.location.to_string(),
+                    s.architectures.clone(),
+                )
+            }),
             state_file,
         );
         let snapshots = catalog.subscribe();
@@ -62,7 +68,10 @@ impl GraphService {
         }
         drop(tx);
         tokio::spawn(run_catalog(catalog, rx, clock, metrics, readiness));
-        Self { snapshots, shutdown }
+        Self {
+            snapshots,
+            shutdown,
+        }
     }
 
     /// Receiver of catalog snapshots.
@@ -71,7 +80,9 @@ impl GraphService {
     }
 
     /// The gRPC service.
-    pub fn grpc(&self) -> upshift_proto::graph::v1::graph_service_server::GraphServiceServer<grpc::GraphGrpc> {
+    pub fn grpc(
+        &self,
+    ) -> upshift_proto::graph::v1::graph_service_server::GraphServiceServer<grpc::GraphGrpc> {
         grpc::GraphGrpc::new(self.snapshots.clone(), self.shutdown.clone()).into_server()
     }
 

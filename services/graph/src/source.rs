@@ -79,9 +79,18 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     match stream.location.clone() {
         Location::Dir(dir) => tokio::spawn(run_dir(stream.name, dir, debounce, tx, cancel)),
-        Location::Http { releases, updates, interval } => {
-            tokio::spawn(run_http(stream.name, releases, updates, interval, tx, cancel))
-        }
+        Location::Http {
+            releases,
+            updates,
+            interval,
+        } => tokio::spawn(run_http(
+            stream.name,
+            releases,
+            updates,
+            interval,
+            tx,
+            cancel,
+        )),
     }
 }
 
@@ -118,7 +127,14 @@ async fn run_dir(
     };
     loop {
         let result = read_dir_metadata(&dir).await;
-        if tx.send(SourceEvent { stream: stream.clone(), result }).await.is_err() {
+        if tx
+            .send(SourceEvent {
+                stream: stream.clone(),
+                result,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::select! {
@@ -169,7 +185,12 @@ struct Polled {
 
 impl Polled {
     fn new(url: url::Url) -> Self {
-        Self { url, etag: None, last_modified: None, body: None }
+        Self {
+            url,
+            etag: None,
+            last_modified: None,
+            body: None,
+        }
     }
 
     /// Fetches the URL; returns whether the content changed.
@@ -196,7 +217,11 @@ impl Polled {
             return Err(failure(format!("HTTP {}", response.status())));
         }
         let header = |name: http::HeaderName| {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
         let etag = header(http::header::ETAG);
         let last_modified = header(http::header::LAST_MODIFIED);
@@ -247,7 +272,14 @@ async fn run_http(
                     updates: updates.body.clone().unwrap_or_default(),
                 })
             });
-            if tx.send(SourceEvent { stream: stream.clone(), result }).await.is_err() {
+            if tx
+                .send(SourceEvent {
+                    stream: stream.clone(),
+                    result,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }

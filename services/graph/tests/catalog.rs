@@ -22,7 +22,10 @@ fn updates(revision: u32) -> Bytes {
 }
 
 fn event(releases: Bytes, updates: Bytes) -> SourceEvent {
-    SourceEvent { stream: "stable".into(), result: Ok(RawMetadata { releases, updates }) }
+    SourceEvent {
+        stream: "stable".into(),
+        result: Ok(RawMetadata { releases, updates }),
+    }
 }
 
 fn at(secs: u64) -> SystemTime {
@@ -30,29 +33,47 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn x86() -> ScopeKey {
-    ScopeKey { stream: "stable".into(), basearch: "x86_64".into(), scheme: PayloadScheme::Checksum }
+    ScopeKey {
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        scheme: PayloadScheme::Checksum,
+    }
 }
 
 fn catalog(state_file: Option<PathBuf>) -> Catalog {
-    Catalog::new([("stable".to_string(), "test".to_string(), Vec::new())], state_file)
+    Catalog::new(
+        [("stable".to_string(), "test".to_string(), Vec::new())],
+        state_file,
+    )
 }
 
 #[test]
 fn accepted_change_bumps_revision_once_and_same_content_does_not() {
     let mut catalog = catalog(None);
     let first = catalog.apply(event(releases(), updates(1)), at(1));
-    let Applied::Changed(rev1, scopes) = first else { panic!("expected a change, got {first:?}") };
+    let Applied::Changed(rev1, scopes) = first else {
+        panic!("expected a change, got {first:?}")
+    };
     assert_eq!(rev1, 1);
     assert!(scopes.contains(&x86()));
-    assert_eq!(catalog.apply(event(releases(), updates(1)), at(2)), Applied::Unchanged);
+    assert_eq!(
+        catalog.apply(event(releases(), updates(1)), at(2)),
+        Applied::Unchanged
+    );
     // Whitespace-only differences parse to the same graph: still unchanged.
     let reformatted: serde_json::Value = serde_json::from_slice(&updates(1)).unwrap();
     let compact = Bytes::from(serde_json::to_vec(&reformatted).unwrap());
-    assert_eq!(catalog.apply(event(releases(), compact), at(3)), Applied::Unchanged);
+    assert_eq!(
+        catalog.apply(event(releases(), compact), at(3)),
+        Applied::Unchanged
+    );
     assert_eq!(catalog.snapshot().revision, 1);
 
     let next = (2..=26).find(|&r| {
-        matches!(catalog.apply(event(releases(), updates(r)), at(10 + u64::from(r))), Applied::Changed(..))
+        matches!(
+            catalog.apply(event(releases(), updates(r)), at(10 + u64::from(r))),
+            Applied::Changed(..)
+        )
     });
     assert!(next.is_some(), "some later revision changes the graph");
     assert_eq!(catalog.snapshot().revision, 2);
@@ -76,16 +97,25 @@ fn malformed_input_is_rejected_and_last_good_keeps_serving() {
     ];
     for (releases, updates, kind, file) in bad {
         let applied = catalog.apply(event(releases, updates), at(2));
-        let Applied::Rejected(failure) = applied else { panic!("expected rejection, got {applied:?}") };
+        let Applied::Rejected(failure) = applied else {
+            panic!("expected rejection, got {applied:?}")
+        };
         assert_eq!(failure.kind, kind);
         assert!(failure.file.ends_with(file), "{failure:?}");
         let snapshot = catalog.snapshot();
         assert_eq!(snapshot.sources["stable"].state, LoadState::Rejected);
-        assert_eq!(snapshot.scopes[&x86()].digest, good, "last good graph keeps serving");
+        assert_eq!(
+            snapshot.scopes[&x86()].digest,
+            good,
+            "last good graph keeps serving"
+        );
         assert_eq!(snapshot.revision, 1);
     }
     // Recovery clears the rejection.
-    assert_eq!(catalog.apply(event(releases(), updates(26)), at(3)), Applied::Unchanged);
+    assert_eq!(
+        catalog.apply(event(releases(), updates(26)), at(3)),
+        Applied::Unchanged
+    );
     assert_eq!(catalog.snapshot().sources["stable"].state, LoadState::Ok);
 }
 
@@ -100,7 +130,10 @@ fn a_missing_file_before_any_load_leaves_the_stream_unavailable() {
             message: "No such file or directory".into(),
         }),
     };
-    assert!(matches!(catalog.apply(missing, at(1)), Applied::Rejected(_)));
+    assert!(matches!(
+        catalog.apply(missing, at(1)),
+        Applied::Rejected(_)
+    ));
     let snapshot = catalog.snapshot();
     assert_eq!(snapshot.sources["stable"].state, LoadState::NeverLoaded);
     assert!(snapshot.scopes.is_empty());
@@ -112,8 +145,16 @@ fn duplicate_versions_reject_the_whole_stream() {
     let mut index: serde_json::Value = serde_json::from_slice(&releases()).unwrap();
     let first = index["releases"][0].clone();
     index["releases"].as_array_mut().unwrap().push(first);
-    let applied = catalog.apply(event(Bytes::from(serde_json::to_vec(&index).unwrap()), updates(26)), at(1));
-    let Applied::Rejected(failure) = applied else { panic!("expected rejection, got {applied:?}") };
+    let applied = catalog.apply(
+        event(
+            Bytes::from(serde_json::to_vec(&index).unwrap()),
+            updates(26),
+        ),
+        at(1),
+    );
+    let Applied::Rejected(failure) = applied else {
+        panic!("expected rejection, got {applied:?}")
+    };
     assert_eq!(failure.kind, FailureKind::Invalid);
 }
 
@@ -137,10 +178,16 @@ fn restart_keeps_revisions_of_unchanged_graphs() {
     drop(first);
 
     let mut second = catalog(Some(state.clone()));
-    assert_eq!(second.apply(event(releases(), updates(26)), at(3)), Applied::Unchanged);
+    assert_eq!(
+        second.apply(event(releases(), updates(26)), at(3)),
+        Applied::Unchanged
+    );
     let after = second.snapshot();
     assert_eq!(after.revision, before.revision);
-    assert_eq!(after.scopes[&x86()].revision, before.scopes[&x86()].revision);
+    assert_eq!(
+        after.scopes[&x86()].revision,
+        before.scopes[&x86()].revision
+    );
     // A real change after the restart gets a fresh, higher revision.
     let applied = second.apply(event(releases(), updates(1)), at(4));
     assert_eq!(applied_revision(&applied), Some(before.revision + 1));

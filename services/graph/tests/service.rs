@@ -1,0 +1,202 @@
+//! The graph service in process: a polled HTTP source with ETags, and a
+//! watched directory feeding WatchGraph, served through the real host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use upshift_common::clock::SystemClock;
+use upshift_common::server::{Readiness, ServiceHost};
+use upshift_common::telemetry::Metrics;
+use upshift_graph::GraphService;
+use upshift_graph::config::{GraphConfig, StreamSource};
+use upshift_proto::graph::v1 as pb;
+use upshift_proto::graph::v1::graph_service_client::GraphServiceClient;
+
+fn fixture(path: &str) -> Vec<u8> {
+    let root =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fcos/stable");
+    std::fs::read(root.join(path)).unwrap()
+}
+
+/// A metadata server that honours If-None-Match and counts full responses.
+#[derive(Clone, Default)]
+struct Origin {
+    updates: Arc<Mutex<(Vec<u8>, u32)>>,
+    full_responses: Arc<AtomicUsize>,
+    conditional_hits: Arc<AtomicUsize>,
+}
+
+async fn serve_origin(origin: Origin) -> String {
+    let releases = fixture("releases.json");
+    let app = axum::Router::new()
+        .route(
+            "/stable/releases.json",
+            axum::routing::get(move || {
+                let releases = releases.clone();
+                async move { ([(header::ETAG, "\"releases-1\"")], releases) }
+            }),
+        )
+        .route(
+            "/stable/updates.json",
+            axum::routing::get({
+                let origin = origin.clone();
+                move |headers: HeaderMap| {
+                    let origin = origin.clone();
+                    async move {
+                        let (body, version) = origin.updates.lock().await.clone();
+                        let etag = format!("\"updates-{version}\"");
+                        if headers
+                            .get(header::IF_NONE_MATCH)
+                            .is_some_and(|v| v == etag.as_str())
+                        {
+                            origin.conditional_hits.fetch_add(1, Ordering::SeqCst);
+                            return StatusCode::NOT_MODIFIED.into_response();
+                        }
+                        origin.full_responses.fetch_add(1, Ordering::SeqCst);
+                        ([(header::ETAG, etag)], body).into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/")
+}
+
+async fn host(config: &GraphConfig) -> (String, CancellationToken) {
+    let streams = config.validate().expect("valid config");
+    let metrics = Metrics::new("graph-test");
+    let readiness = Readiness::new();
+    let builder = ServiceHost::builder("graph", metrics.clone(), SystemClock::shared())
+        .readiness(readiness.clone())
+        .grpc_service_names(upshift_graph::GRPC_SERVICES);
+    let shutdown = builder.shutdown_token();
+    let service = GraphService::start(
+        streams,
+        Duration::from_millis(50),
+        None,
+        SystemClock::shared(),
+        &metrics.meter(),
+        readiness,
+        shutdown.clone(),
+    );
+    let server = builder
+        .grpc(tonic::service::Routes::new(service.grpc()))
+        .http(service.http())
+        .bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    tokio::spawn(server.serve(std::future::pending()));
+    (url, shutdown)
+}
+
+fn x86() -> pb::Scope {
+    pb::Scope {
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        scheme: 0,
+    }
+}
+
+#[tokio::test]
+async fn polled_urls_use_etags_and_pick_up_changes() {
+    let origin = Origin::default();
+    *origin.updates.lock().await = (fixture("updates-history/010.json"), 1);
+    let base = serve_origin(origin.clone()).await;
+    let mut config = GraphConfig::default();
+    config
+        .add_metadata_flag(&base, &["stable".to_string()])
+        .unwrap();
+    config.streams.get_mut("stable").unwrap().poll_interval = Some(Duration::from_millis(100));
+    let (url, _shutdown) = host(&config).await;
+
+    let mut client = GraphServiceClient::connect(url).await.unwrap();
+    let mut watch = client
+        .watch_graph(pb::WatchGraphRequest {
+            scopes: vec![x86()],
+            since_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap().graph.unwrap();
+
+    // Unchanged content is revalidated with If-None-Match, not refetched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(origin.conditional_hits.load(Ordering::SeqCst) >= 2);
+    assert_eq!(origin.full_responses.load(Ordering::SeqCst), 1);
+
+    *origin.updates.lock().await = (fixture("updates-history/026.json"), 2);
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let next = next.graph.unwrap();
+    assert!(next.revision > first.revision);
+    assert_ne!(next.digest, first.digest);
+}
+
+#[tokio::test]
+async fn a_stream_that_never_loaded_is_unavailable_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stable");
+    std::fs::create_dir_all(&stream).unwrap();
+    std::fs::write(stream.join("releases.json"), fixture("releases.json")).unwrap();
+    let mut config = GraphConfig::default();
+    config.streams.insert(
+        "stable".into(),
+        StreamSource {
+            dir: Some(stream.clone()),
+            ..Default::default()
+        },
+    );
+    let (url, _shutdown) = host(&config).await;
+
+    let mut client = GraphServiceClient::connect(url.clone()).await.unwrap();
+    let status = loop {
+        match client
+            .get_graph(pb::GetGraphRequest { scope: Some(x86()) })
+            .await
+        {
+            Err(status) if status.message().contains("updates.json") => break status,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // The missing file appears: the stream loads, and the service turns ready.
+    std::fs::write(
+        stream.join("updates.json"),
+        fixture("updates-history/026.json"),
+    )
+    .unwrap();
+    let graph = loop {
+        if let Ok(response) = client
+            .get_graph(pb::GetGraphRequest { scope: Some(x86()) })
+            .await
+        {
+            break response.into_inner().graph.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!graph.nodes.is_empty());
+    assert_eq!(
+        reqwest::get(format!("{url}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
