@@ -1,0 +1,117 @@
+//! Lock service metrics (OpenTelemetry, exported by upshift-common's `Metrics`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use upshift_common::clock::SharedClock;
+
+use crate::service::{Cache, epoch_secs};
+
+/// Instruments of the lock service.
+#[derive(Debug, Clone)]
+pub struct LockMetrics {
+    meter: Meter,
+    requests: Counter<u64>,
+    latency: Histogram<f64>,
+    store_errors: Counter<u64>,
+    cas_conflicts: Counter<u64>,
+}
+
+impl LockMetrics {
+    /// Creates the instruments on `meter`.
+    pub fn new(meter: Meter) -> Self {
+        Self {
+            requests: meter
+                .u64_counter("upshift_lock_requests")
+                .with_description("Lock requests by API and result kind.")
+                .build(),
+            latency: meter
+                .f64_histogram("upshift_lock_request_duration_seconds")
+                .with_description("Lock request latency by API.")
+                .with_unit("s")
+                .build(),
+            store_errors: meter
+                .u64_counter("upshift_lock_store_errors")
+                .with_description("Store operations that failed, by operation.")
+                .build(),
+            cas_conflicts: meter
+                .u64_counter("upshift_lock_cas_conflicts")
+                .with_description("Compare-and-swap conflicts retried.")
+                .build(),
+            meter,
+        }
+    }
+
+    /// Records one request.
+    pub fn request(&self, api: &'static str, result: &'static str, elapsed: Duration) {
+        let api = KeyValue::new("api", api);
+        self.requests
+            .add(1, &[api.clone(), KeyValue::new("result", result)]);
+        self.latency.record(elapsed.as_secs_f64(), &[api]);
+    }
+
+    pub(crate) fn store_error(&self, op: &'static str) {
+        self.store_errors.add(1, &[KeyValue::new("op", op)]);
+    }
+
+    pub(crate) fn cas_conflict(&self) {
+        self.cas_conflicts.add(1, &[]);
+    }
+
+    /// Registers the per-group gauges, read from the cache at scrape time.
+    pub(crate) fn observe(
+        &self,
+        cache: Cache,
+        queues: Arc<Mutex<HashMap<String, VecDeque<u64>>>>,
+        clock: SharedClock,
+    ) {
+        let c = cache.clone();
+        self.meter
+            .u64_observable_gauge("upshift_lock_slots")
+            .with_description("Slot count per group.")
+            .with_callback(move |o| {
+                for (g, s) in c.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    o.observe(
+                        u64::from(s.total_slots),
+                        &[KeyValue::new("group", g.clone())],
+                    );
+                }
+            })
+            .build();
+        let c = cache.clone();
+        self.meter
+            .u64_observable_gauge("upshift_lock_holders")
+            .with_description("Slot holders per group.")
+            .with_callback(move |o| {
+                for (g, s) in c.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    o.observe(s.holders.len() as u64, &[KeyValue::new("group", g.clone())]);
+                }
+            })
+            .build();
+        self.meter
+            .u64_observable_gauge("upshift_lock_oldest_holder_age_seconds")
+            .with_description("Age of the oldest hold per group.")
+            .with_unit("s")
+            .with_callback(move |o| {
+                let now = epoch_secs(clock.now());
+                for (g, s) in cache.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let oldest = s.holders.iter().map(|h| h.acquired_at).min();
+                    let age = oldest.map_or(0, |t| now.saturating_sub(t));
+                    o.observe(age, &[KeyValue::new("group", g.clone())]);
+                }
+            })
+            .build();
+        self.meter
+            .u64_observable_gauge("upshift_lock_queue_length")
+            .with_description("gRPC waiters queued per group on this instance.")
+            .with_callback(move |o| {
+                for (g, q) in queues.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    o.observe(q.len() as u64, &[KeyValue::new("group", g.clone())]);
+                }
+            })
+            .build();
+    }
+}
