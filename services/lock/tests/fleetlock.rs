@@ -1,0 +1,201 @@
+//! FleetLock HTTP conformance over a real listener.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/mem.rs"]
+mod mem;
+#[path = "support/stores.rs"]
+mod stores;
+
+use harness::Server;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use upshift_common::clock::SystemClock;
+use upshift_lock::store::SharedStore;
+
+const CONFIG: &str = r#"
+[groups.default]
+slots = 1
+[groups.workers]
+slots = 2
+"#;
+
+/// Exactly what Zincati sends: pretty-printed JSON, no Content-Type.
+fn zincati_body(id: &str, group: &str) -> String {
+    serde_json::to_string_pretty(&json!({"client_params": {"id": id, "group": group}})).unwrap()
+}
+
+async fn post(
+    s: &Server,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Option<Value>, Option<String>) {
+    let resp = reqwest::Client::new()
+        .post(s.url(path))
+        .header("fleet-lock-protocol", "true")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).ok(), ct)
+}
+
+fn kind(v: &Option<Value>) -> &str {
+    v.as_ref()
+        .and_then(|v| v["kind"].as_str())
+        .unwrap_or("<none>")
+}
+
+async fn conformance(store: SharedStore) {
+    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+
+    // Zincati's exact request shape: lock, recursion, full, unlock, idempotent unlock.
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("node-a", "default")).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("node-a", "default")).await;
+    assert_eq!(st, StatusCode::OK, "recursive lock");
+    let (st, body, ct) = post(&s, "/v1/pre-reboot", zincati_body("node-b", "default")).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!(kind(&body), "failed_lock_semaphore_full");
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("NODE-A", "default")).await;
+    assert_eq!(st, StatusCode::CONFLICT, "ids are case-sensitive");
+    let (st, _, _) = post(&s, "/v1/steady-state", zincati_body("node-b", "default")).await;
+    assert_eq!(st, StatusCode::OK, "unlock of a non-holder succeeds");
+    let (st, _, _) = post(&s, "/v1/steady-state", zincati_body("node-a", "default")).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = post(&s, "/v1/steady-state", zincati_body("node-a", "default")).await;
+    assert_eq!(st, StatusCode::OK, "idempotent unlock");
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("node-b", "default")).await;
+    assert_eq!(st, StatusCode::OK, "slot freed");
+
+    // Older Zincati releases name the id `node_uuid`.
+    let old = r#"{"client_params":{"node_uuid":"old-node","group":"workers"}}"#;
+    assert_eq!(post(&s, "/v1/pre-reboot", old).await.0, StatusCode::OK);
+
+    // Header.
+    let resp = reqwest::Client::new()
+        .post(s.url("/v1/pre-reboot"))
+        .body(zincati_body("x", "workers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["kind"], "missing_fleet_lock_header");
+
+    // Methods.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let resp = reqwest::Client::new()
+            .request(method, s.url("/v1/steady-state"))
+            .header("fleet-lock-protocol", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["kind"], "method_not_allowed");
+    }
+
+    // Bad bodies and params.
+    for (body, want_status, want_kind) in [
+        (
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "invalid_client_params",
+        ),
+        ("", StatusCode::BAD_REQUEST, "invalid_client_params"),
+        (
+            r#"{"client_params":{"id":"","group":"default"}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_client_params",
+        ),
+        (
+            r#"{"client_params":{"id":"a","group":"bad group!"}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_client_params",
+        ),
+        (
+            r#"{"client_params":{"id":"a","group":""}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_client_params",
+        ),
+        (
+            r#"{"client_params":{"id":"a"}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_client_params",
+        ),
+        (
+            r#"{"client_params":{"id":"a","group":"nosuch"}}"#,
+            StatusCode::NOT_FOUND,
+            "unknown_group",
+        ),
+    ] {
+        let (st, v, ct) = post(&s, "/v1/pre-reboot", body).await;
+        assert_eq!((st, kind(&v)), (want_status, want_kind), "body {body:?}");
+        assert_eq!(ct.as_deref(), Some("application/json"));
+    }
+
+    // Oversized body.
+    let big = format!(
+        r#"{{"client_params":{{"id":"a","group":"default"}},"pad":"{}"}}"#,
+        "x".repeat(20 * 1024)
+    );
+    let (st, v, _) = post(&s, "/v1/pre-reboot", big).await;
+    assert_eq!(
+        (st, kind(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+
+    // Metrics are exposed.
+    let text = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("upshift_lock_requests"), "{text}");
+    assert!(text.contains("upshift_lock_holders"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn conformance_mem() {
+    conformance(harness::mem_store()).await;
+}
+
+#[tokio::test]
+async fn conformance_embedded() {
+    let (store, _dir) = stores::embedded();
+    conformance(store).await;
+}
+
+#[tokio::test]
+async fn base_path_and_default_template() {
+    let cfg = "base_path = \"/fleet\"\n[default]\nslots = 1\n";
+    let s = Server::start(cfg, harness::mem_store(), SystemClock::shared()).await;
+    assert_eq!(
+        post(&s, "/fleet/v1/pre-reboot", zincati_body("a", "any.group-1"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&s, "/v1/pre-reboot", zincati_body("a", "any.group-1"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
