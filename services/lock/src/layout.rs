@@ -141,9 +141,16 @@ pub struct AuditRecord {
     pub reason: String,
 }
 
-/// Key of a new audit entry: time-ordered, with a random tail against collisions.
+static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Key of a new audit entry: time-ordered, then ordered within this process
+/// by a sequence number, with a random tail against collisions across replicas.
 pub fn audit_key(at_ms: u64) -> String {
-    format!("{AUDIT_PREFIX}{at_ms:020}-{:08x}", rand::random::<u32>())
+    let seq = AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{AUDIT_PREFIX}{at_ms:020}-{seq:012}-{:08x}",
+        rand::random::<u32>()
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,358 @@
+//! gRPC API: queueing, cancellation, restart, pause, windows, admin and audit.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/mem.rs"]
+mod mem;
+#[path = "support/stores.rs"]
+mod stores;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::{Server, admin_req};
+use tonic::Code;
+use upshift_common::clock::SystemClock;
+use upshift_lock::store::SharedStore;
+use upshift_proto::lock::v1 as pb;
+use upshift_proto::lock::v1::acquire_response::Event;
+
+const CONFIG: &str = "[groups.default]\nslots = 1\n[groups.workers]\nslots = 2\n";
+
+type Acq = tonic::Streaming<pb::AcquireResponse>;
+
+async fn acquire(s: &Server, id: &str, group: &str) -> Acq {
+    s.client()
+        .await
+        .acquire(pb::AcquireRequest {
+            id: id.into(),
+            group: group.into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(stream: &mut Acq) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no acquire event within 10s")
+        .expect("stream ended")
+        .unwrap()
+        .event
+        .unwrap()
+}
+
+fn queued(e: Event) -> (u32, u32, String) {
+    match e {
+        Event::Queued(q) => (q.position, q.queue_length, q.reason),
+        Event::Granted(g) => panic!("unexpected grant {g:?}"),
+    }
+}
+
+fn granted(e: Event) -> pb::Holder {
+    match e {
+        Event::Granted(g) => g.holder.unwrap(),
+        Event::Queued(q) => panic!("unexpected queued {q:?}"),
+    }
+}
+
+/// Skips position updates until the grant.
+async fn until_granted(stream: &mut Acq) -> pb::Holder {
+    loop {
+        if let Event::Granted(g) = next(stream).await {
+            return g.holder.unwrap();
+        }
+    }
+}
+
+/// Skips updates until one at `position`.
+async fn until_position(stream: &mut Acq, position: u32) -> (u32, u32, String) {
+    loop {
+        let q = queued(next(stream).await);
+        if q.0 == position {
+            return q;
+        }
+    }
+}
+
+async fn release(s: &Server, id: &str, group: &str) -> bool {
+    s.client()
+        .await
+        .release(pb::ReleaseRequest {
+            id: id.into(),
+            group: group.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .released
+}
+
+async fn queue_order_and_cancel(store: SharedStore) {
+    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+    let mut h = acquire(&s, "holder", "default").await;
+    assert_eq!(granted(next(&mut h).await).id, "holder");
+    let mut again = acquire(&s, "holder", "default").await;
+    granted(next(&mut again).await); // recursive: at once
+
+    let mut a = acquire(&s, "a", "default").await;
+    assert_eq!(queued(next(&mut a).await), (1, 1, "slots-full".into()));
+    let mut b = acquire(&s, "b", "default").await;
+    assert_eq!(queued(next(&mut b).await), (2, 2, "slots-full".into()));
+    let mut c = acquire(&s, "c", "default").await;
+    assert_eq!(queued(next(&mut c).await), (3, 3, "slots-full".into()));
+
+    assert!(release(&s, "holder", "default").await);
+    assert_eq!(until_granted(&mut a).await.id, "a");
+    until_position(&mut b, 1).await;
+    until_position(&mut c, 2).await;
+
+    drop(b); // cancelling leaves the queue
+    assert_eq!(until_position(&mut c, 1).await, (1, 1, "slots-full".into()));
+    let g = s
+        .client()
+        .await
+        .get_group(pb::GetGroupRequest {
+            group: "default".into(),
+        })
+        .await
+        .unwrap();
+    let g = g.into_inner().group.unwrap();
+    assert_eq!(g.queue_length, 1);
+    assert_eq!(g.holders.len(), 1);
+    assert_eq!(g.holders[0].method, pb::AcquireMethod::Grpc as i32);
+
+    assert!(release(&s, "a", "default").await);
+    assert_eq!(until_granted(&mut c).await.id, "c");
+    assert!(!release(&s, "b", "default").await, "b never held a slot");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn queue_order_and_cancel_mem() {
+    queue_order_and_cancel(harness::mem_store()).await;
+}
+
+#[tokio::test]
+async fn queue_order_and_cancel_embedded() {
+    let (store, _dir) = stores::embedded();
+    queue_order_and_cancel(store).await;
+}
+
+async fn restart_keeps_holders(open: impl Fn() -> SharedStore) {
+    let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
+    let mut h = acquire(&s, "survivor", "workers").await;
+    granted(next(&mut h).await);
+    s.stop().await;
+    let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
+    let g = s
+        .client()
+        .await
+        .get_group(pb::GetGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap();
+    let holders = g.into_inner().group.unwrap().holders;
+    assert_eq!(
+        holders.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        ["survivor"]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_holders_mem() {
+    let store = harness::mem_store();
+    restart_keeps_holders(|| store.clone()).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_holders_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (open, _keep) = stores::embedded_at(dir.path());
+    restart_keeps_holders(open).await;
+}
+
+async fn pause_window_admin_audit(store: SharedStore) {
+    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+    let mut admin = s.admin().await;
+
+    // Admin auth.
+    let err = admin
+        .pause_group(pb::PauseGroupRequest {
+            group: "default".into(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut bad = tonic::Request::new(pb::PauseGroupRequest {
+        group: "default".into(),
+        reason: "x".into(),
+    });
+    bad.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        admin.pause_group(bad).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let err = admin
+        .pause_group(admin_req(pb::PauseGroupRequest {
+            group: "default".into(),
+            reason: "".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "reason is required");
+
+    // Paused group: queued with reason, granted on resume.
+    let g = admin
+        .pause_group(admin_req(pb::PauseGroupRequest {
+            group: "default".into(),
+            reason: "incident 42".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    assert!(g.paused);
+    let mut w = s
+        .client()
+        .await
+        .watch_group(pb::WatchGroupRequest {
+            group: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = w.next().await.unwrap().unwrap().group.unwrap();
+    assert_eq!(first.pause_reason, "incident 42");
+    let mut a = acquire(&s, "a", "default").await;
+    assert_eq!(queued(next(&mut a).await).2, "paused");
+    admin
+        .resume_group(admin_req(pb::ResumeGroupRequest {
+            group: "default".into(),
+            reason: "fixed".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(until_granted(&mut a).await.id, "a");
+    // WatchGroup saw the resume and then the grant.
+    let mut saw_holder = false;
+    while !saw_holder {
+        let g = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .group
+            .unwrap();
+        saw_holder = g.holders.iter().any(|h| h.id == "a");
+    }
+
+    // Slot changes and force-release.
+    let g = admin
+        .set_slots(admin_req(pb::SetSlotsRequest {
+            group: "default".into(),
+            slots: 3,
+            reason: "more".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    assert_eq!(g.total_slots, 3);
+    let r = admin
+        .force_release(admin_req(pb::ForceReleaseRequest {
+            group: "default".into(),
+            id: "a".into(),
+            reason: "stuck".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.released.unwrap().id, "a");
+
+    let audit = admin
+        .list_audit(admin_req(pb::ListAuditRequest {
+            group: "default".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["force-release", "set-slots", "grant", "resume", "pause"],
+        "newest first"
+    );
+    assert_eq!(audit[0].actor, "token");
+    assert_eq!(audit[0].target, "a");
+    assert_eq!(audit[0].reason, "stuck");
+    assert_eq!(audit[1].target, "3");
+    assert!(audit.iter().all(|e| e.at.is_some()));
+    assert_eq!(
+        admin
+            .list_audit(pb::ListAuditRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn pause_window_admin_audit_mem() {
+    pause_window_admin_audit(harness::mem_store()).await;
+}
+
+#[tokio::test]
+async fn pause_window_admin_audit_embedded() {
+    let (store, _dir) = stores::embedded();
+    pause_window_admin_audit(store).await;
+}
+
+#[tokio::test]
+async fn closed_window_denies_over_http_and_grpc() {
+    use chrono::{Timelike, Utc};
+    // A daily one-hour window starting two hours from now (UTC).
+    #[allow(clippy::disallowed_methods)]
+    let now = Utc::now();
+    let start = (now.hour() + 2) % 24;
+    let cfg = format!(
+        "[groups.win]\nslots = 1\n[[groups.win.windows]]\nstart = \"{start:02}:00\"\nlength = \"1h\"\ntime_zone = \"UTC\"\n"
+    );
+    let s = Server::start(&cfg, harness::mem_store(), SystemClock::shared()).await;
+    let resp = reqwest::Client::new()
+        .post(s.url("/v1/pre-reboot"))
+        .header("fleet-lock-protocol", "true")
+        .body(r#"{"client_params":{"id":"a","group":"win"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::CONFLICT);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["kind"], "failed_lock_outside_window");
+    let mut a = acquire(&s, "a", "win").await;
+    assert_eq!(queued(next(&mut a).await).2, "outside-window");
+    let g = s
+        .client()
+        .await
+        .get_group(pb::GetGroupRequest {
+            group: "win".into(),
+        })
+        .await
+        .unwrap();
+    let g = g.into_inner().group.unwrap();
+    assert!(!g.window_open);
+    assert!(g.next_window_open.is_some());
+    s.stop().await;
+}
