@@ -1,0 +1,150 @@
+//! Lease expiry and maintenance windows on tokio's paused clock (no network:
+//! the gRPC handlers are called directly).
+
+#[path = "support/mem.rs"]
+mod mem;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use upshift_common::auth::AdminAuth;
+use upshift_common::clock::{ScaledClock, SharedClock};
+use upshift_common::config::parse_toml;
+use upshift_common::telemetry::Metrics;
+use upshift_lock::store::SharedStore;
+use upshift_lock::{LockConfig, LockGrpc, LockMetrics, LockService};
+use upshift_proto::lock::v1 as pb;
+use upshift_proto::lock::v1::acquire_response::Event;
+use upshift_proto::lock::v1::lock_service_server::LockService as _;
+
+const T0: u64 = 1_795_593_600; // 2026-11-25T08:00:00Z, a Wednesday
+
+async fn start(cfg: &str, store: SharedStore, clock: SharedClock) -> (LockService, LockGrpc) {
+    let settings = parse_toml::<LockConfig>(cfg).unwrap().validate().unwrap();
+    let metrics = LockMetrics::new(Metrics::new("upshift-lock").meter());
+    let svc = LockService::start(settings, store, clock, metrics, CancellationToken::new())
+        .await
+        .unwrap();
+    let grpc = LockGrpc::new(svc.clone(), AdminAuth::new(None, vec![]));
+    (svc, grpc)
+}
+
+type Acq = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::AcquireResponse, tonic::Status>> + Send>,
+>;
+
+async fn acquire(g: &LockGrpc, id: &str, ttl: Option<u64>) -> Acq {
+    let req = pb::AcquireRequest {
+        id: id.into(),
+        group: "default".into(),
+        ttl: ttl.map(|s| prost_types::Duration {
+            seconds: s as i64,
+            nanos: 0,
+        }),
+    };
+    g.acquire(tonic::Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(s: &mut Acq, within: Duration) -> Option<Event> {
+    tokio::time::timeout(within, s.next())
+        .await
+        .ok()
+        .map(|e| e.unwrap().unwrap().event.unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_expiry_frees_a_slot_and_keepalive_extends_it() {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(T0), 1.0);
+    let store: SharedStore = Arc::new(mem::MemStore::new());
+    let (svc, g) = start("[groups.default]\nslots = 1\n", store, clock.clone()).await;
+
+    let mut a = acquire(&g, "a", Some(30)).await;
+    let Some(Event::Granted(h)) = next(&mut a, Duration::from_secs(1)).await else {
+        panic!("no grant")
+    };
+    let h = h.holder.unwrap();
+    assert_eq!(h.ttl.unwrap().seconds, 30);
+    assert_eq!(h.lease_expires_at.unwrap().seconds as u64, T0 + 30);
+
+    let mut b = acquire(&g, "b", None).await;
+    assert!(matches!(
+        next(&mut b, Duration::from_secs(1)).await,
+        Some(Event::Queued(_))
+    ));
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let k = g
+        .keepalive(tonic::Request::new(pb::KeepaliveRequest {
+            id: "a".into(),
+            group: "default".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(k.lease_expires_at.unwrap().seconds as u64, T0 + 50);
+
+    // Still held at T0+45 (would have expired at T0+30 without the keepalive).
+    assert!(next(&mut b, Duration::from_secs(25)).await.is_none());
+    let Some(Event::Granted(h)) = next(&mut b, Duration::from_secs(60)).await else {
+        panic!("no grant")
+    };
+    assert_eq!(
+        h.holder.unwrap().acquired_at.unwrap().seconds as u64,
+        T0 + 50,
+        "granted at expiry"
+    );
+    let (state, _, _) = svc.load("default").await.unwrap();
+    assert_eq!(
+        state
+            .holders
+            .iter()
+            .map(|h| h.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    let audit = svc.audit(Some("default"), 10).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "release" && e.target == "a" && e.reason == "lease expired")
+    );
+
+    let err = g
+        .keepalive(tonic::Request::new(pb::KeepaliveRequest {
+            id: "b".into(),
+            group: "default".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "b has no lease"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiter_is_granted_at_the_exact_window_opening() {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(T0), 1.0);
+    let store: SharedStore = Arc::new(mem::MemStore::new());
+    let cfg = "[groups.default]\nslots = 1\n[[groups.default.windows]]\ndays = [\"Wed\"]\nstart = \"09:30\"\nlength = \"1h\"\ntime_zone = \"Europe/Berlin\"\n";
+    // 09:30 Berlin (CET) = 08:30 UTC = T0 + 1800.
+    let (_svc, g) = start(cfg, store, clock).await;
+    let mut a = acquire(&g, "a", None).await;
+    let Some(Event::Queued(q)) = next(&mut a, Duration::from_secs(1)).await else {
+        panic!("not queued")
+    };
+    assert_eq!(q.reason, "outside-window");
+    let Some(Event::Granted(h)) = next(&mut a, Duration::from_secs(3600)).await else {
+        panic!("no grant")
+    };
+    assert_eq!(
+        h.holder.unwrap().acquired_at.unwrap().seconds as u64,
+        T0 + 1800
+    );
+}
