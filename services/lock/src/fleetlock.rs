@@ -66,6 +66,12 @@ async fn handle(svc: LockService, api: Api, req: Request) -> Response {
     svc.inner.metrics.request(name, kind, started.elapsed());
     match result {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(e) if e.status == StatusCode::METHOD_NOT_ALLOWED => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            resp
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -1,14 +1,18 @@
 //! The lock service: FleetLock-compatible reboot slots.
 //!
-//! Hosting it (the CLI's `upshift serve lock` does this):
+//! Hosting it (what `upshift serve lock` does):
 //!
 //! ```ignore
-//! let settings = config.validate()?;
-//! let metrics = LockMetrics::new(common_metrics.meter());
-//! let svc = LockService::start(settings, store, clock, metrics, host.shutdown_token()).await?;
-//! let routes = LockGrpc::new(svc.clone(), admin_auth).routes();
-//! host.grpc(routes).grpc_service_names(SERVICE_NAMES).http(fleetlock::router(svc))
+//! let file: LockConfig = config::load_toml(path)?;          // [server] + lock keys
+//! let settings = file.validate()?;                           // every error at once
+//! let server = upshift_lock::bind(&server_settings, settings, store, clock, metrics, admin_auth).await?;
+//! server.bound.serve(shutdown_signal()).await?;
 //! ```
+//!
+//! [`bind`] starts the [`LockService`] (slot reconciliation, store follower,
+//! lease reaper) and binds FleetLock HTTP plus `upshift.lock.v1` gRPC on one
+//! listener; [`fleetlock::router`] and [`LockGrpc::routes`] are there for
+//! hosting the pieces elsewhere.
 
 pub mod config;
 pub mod error;
