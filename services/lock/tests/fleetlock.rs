@@ -181,6 +181,29 @@ async fn conformance_embedded() {
     conformance(store).await;
 }
 
+/// The bytes Zincati's reqwest client puts on the wire, written by hand.
+#[tokio::test]
+async fn zincati_wire_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(CONFIG, harness::mem_store(), SystemClock::shared()).await;
+    let body = "{\n  \"client_params\": {\n    \"id\": \"e0f3745b108f471cbd4883c6fbed8cdd\",\n    \"group\": \"default\"\n  }\n}";
+    let req = format!(
+        "POST /v1/pre-reboot HTTP/1.1\r\nfleet-lock-protocol: true\r\naccept: */*\r\nhost: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(conn);
+    let (state, _, _) = s.service.load("default").await.unwrap();
+    assert_eq!(state.holders[0].id, "e0f3745b108f471cbd4883c6fbed8cdd");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn base_path_and_default_template() {
     let cfg = "base_path = \"/fleet\"\n[default]\nslots = 1\n";
@@ -196,6 +219,57 @@ async fn base_path_and_default_template() {
             .await
             .0,
         StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
+
+/// Taking over an Airlock deployment in place: its holders stay holders.
+#[tokio::test]
+async fn airlock_layout_takeover() {
+    use upshift_lock::store::{Op, Txn};
+    let store = harness::mem_store();
+    let key = "com.coreos.airlock/groups/default/v1/semaphore";
+    let airlock = r#"{"total_slots":2,"holders":["zz-airlock-node"],"note":"kept"}"#;
+    store
+        .txn(Txn::new().then(Op::put(key, airlock)))
+        .await
+        .unwrap();
+    let cfg = "store_layout = \"airlock\"\n[groups.default]\nslots = 2\n";
+    let s = Server::start(cfg, store.clone(), SystemClock::shared()).await;
+    assert_eq!(
+        post(&s, "/v1/pre-reboot", zincati_body("a-node", "default"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (st, v, _) = post(&s, "/v1/pre-reboot", zincati_body("b-node", "default")).await;
+    assert_eq!(
+        (st, kind(&v)),
+        (StatusCode::CONFLICT, "failed_lock_semaphore_full")
+    );
+    let raw = store.get(key).await.unwrap().unwrap().value;
+    let v: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(v["total_slots"], 2);
+    assert_eq!(v["holders"], json!(["a-node", "zz-airlock-node"]));
+    assert_eq!(v["note"], "kept");
+    assert_eq!(
+        post(
+            &s,
+            "/v1/steady-state",
+            zincati_body("zz-airlock-node", "default")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let v: Value = serde_json::from_slice(&store.get(key).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(v["holders"], json!(["a-node"]));
+    assert!(
+        store
+            .get("upshift/lock/groups/default")
+            .await
+            .unwrap()
+            .is_none()
     );
     s.stop().await;
 }

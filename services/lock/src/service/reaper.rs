@@ -112,6 +112,8 @@ async fn reap(svc: &LockService) {
             let cache = svc.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache
                 .iter()
+                // Records of groups this instance does not serve are left alone.
+                .filter(|(g, _)| svc.inner.settings.group(g).is_some())
                 .filter_map(|(g, s)| s.next_expiry().map(|t| (t, g.clone())))
                 .min()
         };
