@@ -106,7 +106,7 @@ fn prepare_metadata(workdir: &Path, fixtures: &Path) -> anyhow::Result<PathBuf> 
     std::fs::copy(source.join("releases.json"), stream.join("releases.json"))
         .context("copying releases.json")?;
     std::fs::copy(
-        source.join("updates-history/026.json"),
+        source.join("updates-history/058.json"),
         stream.join("updates.json"),
     )
     .context("copying updates.json")?;

@@ -28,11 +28,10 @@ fn bench_dir() -> Result<PathBuf> {
 }
 
 fn graph(tools: &Tools) -> Result<()> {
+    tools.cargo(&["build", "--release", "--bin", "upshift"])?;
     tools.cargo(&[
         "build",
         "--release",
-        "--bin",
-        "upshift",
         "-p",
         "upshift-graph",
         "--example",
@@ -56,7 +55,7 @@ fn graph(tools: &Tools) -> Result<()> {
     let fixtures = tools::workspace_root().join("../shared/fixtures/fcos/stable");
     std::fs::copy(fixtures.join("releases.json"), stream.join("releases.json"))?;
     std::fs::copy(
-        fixtures.join("updates-history/026.json"),
+        fixtures.join("updates-history/058.json"),
         stream.join("updates.json"),
     )?;
     let server = Server::start(
