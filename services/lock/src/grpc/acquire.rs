@@ -51,10 +51,26 @@ async fn wait(
     let shutdown = svc.inner.shutdown.clone();
     let settings = svc.group_settings(group)?.clone();
     let mut last_sent = None;
+    let mut last_eval = None;
+    let mut timer_fired = false;
     loop {
         wake.borrow_and_update();
         let (position, queue_length) = guard.position();
-        let held = svc.cached(group).is_some_and(|s| s.holder(id).is_some());
+        let cached = svc.cached(group);
+        // Wake-ups are shared by all groups: skip the store read unless this
+        // group's record, this queue or the window changed.
+        let eval = (cached.clone(), position, queue_length);
+        if last_eval.as_ref() == Some(&eval) && !timer_fired {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                () = tx.closed() => return Ok(false),
+                r = wake.changed() => if r.is_err() { return Ok(false) },
+            }
+            continue;
+        }
+        last_eval = Some(eval);
+        timer_fired = false;
+        let held = cached.as_ref().is_some_and(|s| s.holder(id).is_some());
         let denied = if position == 1 || held {
             let req = LockRequest {
                 id: id.to_string(),
@@ -112,7 +128,7 @@ async fn wait(
             () = shutdown.cancelled() => return Ok(false),
             () = tx.closed() => return Ok(false),
             r = wake.changed() => if r.is_err() { return Ok(false) },
-            () = tokio::time::sleep_until(window_at) => {}
+            () = tokio::time::sleep_until(window_at) => timer_fired = true,
         }
     }
 }
