@@ -273,3 +273,32 @@ async fn airlock_layout_takeover() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn store_outage_is_503_store_unavailable() {
+    let mem = std::sync::Arc::new(mem::MemStore::new());
+    let cfg = "request_timeout = \"300ms\"\n[groups.default]\nslots = 1\n";
+    let s = Server::start(cfg, mem.clone(), SystemClock::shared()).await;
+    mem.set_failing(true);
+    let (st, v, ct) = post(&s, "/v1/pre-reboot", zincati_body("a", "default")).await;
+    assert_eq!(
+        (st, kind(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    mem.set_failing(false);
+    assert_eq!(
+        post(&s, "/v1/pre-reboot", zincati_body("a", "default"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let text = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("upshift_lock_store_errors"), "{text}");
+    s.stop().await;
+}

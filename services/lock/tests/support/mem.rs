@@ -13,6 +13,7 @@ use upshift_lock::store::*;
 
 #[derive(Debug)]
 pub struct MemStore {
+    fail: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     events: broadcast::Sender<WatchEvent>,
 }
@@ -28,15 +29,29 @@ struct State {
 impl MemStore {
     pub fn new() -> Self {
         Self {
+            fail: Default::default(),
             state: Mutex::default(),
             events: broadcast::channel(100_000).0,
         }
+    }
+
+    /// Makes reads and transactions fail (as if the store were down).
+    pub fn set_failing(&self, fail: bool) {
+        self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure".into()));
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Store for MemStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.check()?;
         Ok(self.state.lock().unwrap().kvs.get(key).cloned())
     }
 
@@ -52,6 +67,7 @@ impl Store for MemStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.check()?;
         let mut s = self.state.lock().unwrap();
         let ok = txn.compares.iter().all(|c| match c {
             Compare::ModRevision(k, r) => s.kvs.get(k).map_or(0, |kv| kv.mod_revision) == *r,
