@@ -134,13 +134,13 @@ fn rand_ms() -> u64 {
     2 + RandomState::new().hash_one(0u8) % 8
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hammer_one_slot_mem() {
-    hammer(harness::mem_store(), 1).await;
+async fn hammer_one_slot(open: stores::Opener) {
+    hammer(open(), 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hammer_three_slots_embedded() {
-    let (store, _dir) = stores::embedded();
-    hammer(store, 3).await;
+async fn hammer_three_slots(open: stores::Opener) {
+    hammer(open(), 3).await;
 }
+
+stores::on_each_store!(hammer_one_slot_on, hammer_one_slot);
+stores::on_each_store!(hammer_three_slots_on, hammer_three_slots);

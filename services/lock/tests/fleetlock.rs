@@ -11,7 +11,6 @@ use harness::Server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use upshift_common::clock::SystemClock;
-use upshift_lock::store::SharedStore;
 
 const CONFIG: &str = r#"
 [groups.default]
@@ -52,8 +51,8 @@ fn kind(v: &Option<Value>) -> &str {
         .unwrap_or("<none>")
 }
 
-async fn conformance(store: SharedStore) {
-    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+async fn conformance(open: stores::Opener) {
+    let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
 
     // Zincati's exact request shape: lock, recursion, full, unlock, idempotent unlock.
     let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("node-a", "default")).await;
@@ -170,16 +169,7 @@ async fn conformance(store: SharedStore) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn conformance_mem() {
-    conformance(harness::mem_store()).await;
-}
-
-#[tokio::test]
-async fn conformance_embedded() {
-    let (store, _dir) = stores::embedded();
-    conformance(store).await;
-}
+stores::on_each_store!(conformance_on, conformance);
 
 /// The bytes Zincati's reqwest client puts on the wire, written by hand.
 #[tokio::test]
@@ -223,11 +213,12 @@ async fn base_path_and_default_template() {
     s.stop().await;
 }
 
+stores::on_each_store!(airlock_layout_takeover_on, airlock_layout_takeover);
+
 /// Taking over an Airlock deployment in place: its holders stay holders.
-#[tokio::test]
-async fn airlock_layout_takeover() {
+async fn airlock_layout_takeover(open: stores::Opener) {
     use upshift_lock::store::{Op, Txn};
-    let store = harness::mem_store();
+    let store = open();
     let key = "com.coreos.airlock/groups/default/v1/semaphore";
     let airlock = r#"{"total_slots":2,"holders":["zz-airlock-node"],"note":"kept"}"#;
     store

@@ -13,7 +13,6 @@ use futures::StreamExt;
 use harness::{Server, admin_req};
 use tonic::Code;
 use upshift_common::clock::SystemClock;
-use upshift_lock::store::SharedStore;
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::acquire_response::Event;
 
@@ -90,8 +89,8 @@ async fn release(s: &Server, id: &str, group: &str) -> bool {
         .released
 }
 
-async fn queue_order_and_cancel(store: SharedStore) {
-    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+async fn queue_order_and_cancel(open: stores::Opener) {
+    let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
     let mut h = acquire(&s, "holder", "default").await;
     assert_eq!(granted(next(&mut h).await).id, "holder");
     let mut again = acquire(&s, "holder", "default").await;
@@ -130,18 +129,9 @@ async fn queue_order_and_cancel(store: SharedStore) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn queue_order_and_cancel_mem() {
-    queue_order_and_cancel(harness::mem_store()).await;
-}
+stores::on_each_store!(queue_order_and_cancel_on, queue_order_and_cancel);
 
-#[tokio::test]
-async fn queue_order_and_cancel_embedded() {
-    let (store, _dir) = stores::embedded();
-    queue_order_and_cancel(store).await;
-}
-
-async fn restart_keeps_holders(open: impl Fn() -> SharedStore) {
+async fn restart_keeps_holders(open: stores::Opener) {
     let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
     let mut h = acquire(&s, "survivor", "workers").await;
     granted(next(&mut h).await);
@@ -163,21 +153,10 @@ async fn restart_keeps_holders(open: impl Fn() -> SharedStore) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_holders_mem() {
-    let store = harness::mem_store();
-    restart_keeps_holders(|| store.clone()).await;
-}
+stores::on_each_store!(restart_keeps_holders_on, restart_keeps_holders);
 
-#[tokio::test]
-async fn restart_keeps_holders_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (open, _keep) = stores::embedded_at(dir.path());
-    restart_keeps_holders(open).await;
-}
-
-async fn pause_window_admin_audit(store: SharedStore) {
-    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+async fn pause_window_admin_audit(open: stores::Opener) {
+    let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
     let mut admin = s.admin().await;
 
     // Admin auth.
@@ -309,16 +288,7 @@ async fn pause_window_admin_audit(store: SharedStore) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn pause_window_admin_audit_mem() {
-    pause_window_admin_audit(harness::mem_store()).await;
-}
-
-#[tokio::test]
-async fn pause_window_admin_audit_embedded() {
-    let (store, _dir) = stores::embedded();
-    pause_window_admin_audit(store).await;
-}
+stores::on_each_store!(pause_admin_audit_on, pause_window_admin_audit);
 
 #[tokio::test]
 async fn closed_window_denies_over_http_and_grpc() {
