@@ -123,7 +123,10 @@ impl Hub {
             metrics,
         });
         tokio::spawn(tick_task(tick_tx, settings.keepalive_interval, shutdown));
-        tokio::spawn(scheduler(shared.clone()));
+        // The scheduler compares against the state of now, not of its
+        // first poll: publishes in between must count as changes.
+        let seen = shared.state.borrow().clone();
+        tokio::spawn(scheduler(shared.clone(), seen));
         Self { shared }
     }
 
@@ -348,11 +351,9 @@ enum Wake {
     Nothing,
 }
 
-async fn scheduler(sh: Arc<Shared>) {
+async fn scheduler(sh: Arc<Shared>, mut seen: Arc<PolicyState>) {
     let mut state = sh.state.clone();
     let mut overrides = sh.overrides.clone();
-    let mut seen = state.borrow_and_update().clone();
-    overrides.borrow_and_update();
     loop {
         let first = sh.reg.lock().unwrap().schedule.first().map(|&(t, _)| t);
         let deadline = first.map(|t| sh.clock.deadline_for(t));
@@ -431,9 +432,10 @@ fn changed_scopes(old: &PolicyState, new: &PolicyState) -> Vec<ScopeKey> {
 /// Re-decides for each subscriber in `ids` (in chunks, so the registry lock
 /// is released between them) and pushes only changed hints.
 fn reevaluate(sh: &Shared, ids: &[(u64, Option<SystemTime>)]) {
-    let state = sh.state.borrow().clone();
-    let overrides = sh.overrides.borrow().clone();
     for chunk in ids.chunks(1024) {
+        // The latest state, so a stream subscribed meanwhile never goes back.
+        let state = sh.state.borrow().clone();
+        let overrides = sh.overrides.borrow().clone();
         let now = sh.clock.now();
         let mut reg = sh.reg.lock().unwrap();
         let mut wake = false;
