@@ -1,1 +1,266 @@
-//! etcd.
+//! The etcd3 store, for deployments with several replicas.
+//!
+//! One [`etcd_client::Client`] per process (it is cheap to clone and
+//! reconnects by itself); every request runs under the configured deadline
+//! and maps a timeout or transport failure to [`StoreError::Unavailable`].
+//! Watch streams survive broken connections: they re-open the watch from the
+//! revision after the last one delivered, ending only on compaction.
+
+mod watch;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, TxnOp,
+};
+
+use crate::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchStream};
+
+/// TLS material for talking to etcd.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// CA certificate(s) that sign the server certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate for mutual TLS, PEM.
+    pub cert_pem: Option<Vec<u8>>,
+    /// Client private key for mutual TLS, PEM.
+    pub key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("mtls", &self.cert_pem.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct EtcdOptions {
+    /// Endpoints, e.g. `http://127.0.0.1:2379` or `https://etcd-0:2379`.
+    pub endpoints: Vec<String>,
+    /// TLS, for `https` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    /// Deadline of every request.
+    pub request_timeout: Duration,
+    /// Deadline of establishing a connection.
+    pub connect_timeout: Duration,
+    /// Prepended to every key (e.g. `""` or `"/upshift/"`).
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+impl EtcdOptions {
+    /// Plain-text options for `endpoints` with 5 s deadlines and no prefix.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            tls: None,
+            user: None,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            key_prefix: String::new(),
+        }
+    }
+}
+
+/// The etcd store handle.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").field("prefix", &self.prefix).field("timeout", &self.timeout).finish()
+    }
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+/// A request that did not finish within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd request timed out after {0:?}")]
+pub struct Timeout(pub Duration);
+
+impl EtcdStore {
+    /// Connects to etcd. The client connects lazily and reconnects by
+    /// itself; this fails on bad options or when no endpoint answers in time.
+    pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_timeout(opts.request_timeout)
+            .with_connect_timeout(opts.connect_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &opts.user {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &opts.tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let (Some(cert), Some(key)) = (&tls.cert_pem, &tls.key_pem) {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
+        let deadline = opts.connect_timeout + opts.request_timeout;
+        let client = tokio::time::timeout(deadline, Client::connect(&opts.endpoints, Some(connect)))
+            .await
+            .map_err(|_| unavailable(Timeout(deadline)))?
+            .map_err(unavailable)?;
+        Ok(Self { client, prefix: opts.key_prefix, timeout: opts.request_timeout })
+    }
+
+    /// The underlying client (e.g. for etcd maintenance in tests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs one request under the deadline; `lease` names the lease an
+    /// etcd "lease not found" refers to.
+    async fn call<T>(
+        &self,
+        lease: Option<LeaseId>,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(|e| map_err(e, lease)),
+            Err(_) => Err(unavailable(Timeout(self.timeout))),
+        }
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        convert_kv(&self.prefix, kv)
+    }
+}
+
+pub(crate) fn convert_kv(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    let key = std::str::from_utf8(kv.key()).map_err(|_| StoreError::Corrupt("etcd key is not UTF-8".into()))?;
+    let key = key.strip_prefix(prefix).unwrap_or(key).to_owned();
+    Ok(KeyValue {
+        key,
+        value: kv.value().to_vec(),
+        create_revision: revision(kv.create_revision()),
+        mod_revision: revision(kv.mod_revision()),
+        lease: (kv.lease() != 0).then_some(kv.lease()),
+    })
+}
+
+pub(crate) fn revision(rev: i64) -> u64 {
+    u64::try_from(rev).unwrap_or(0)
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
+    header.map_or(0, |h| revision(h.revision()))
+}
+
+fn signed(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
+}
+
+/// Maps an etcd error, recognising "lease not found" for `lease`.
+fn map_err(e: etcd_client::Error, lease: Option<LeaseId>) -> StoreError {
+    if let (etcd_client::Error::GRpcStatus(status), Some(id)) = (&e, lease)
+        && status.message().contains("lease not found")
+    {
+        return StoreError::LeaseNotFound(id);
+    }
+    unavailable(e)
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call(None, kv.get(self.full(key), None)).await?;
+        resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
+        let mut kv = self.client.kv_client();
+        let full = self.full(prefix);
+        let options = if full.is_empty() { GetOptions::new().with_all_keys() } else { GetOptions::new().with_prefix() };
+        let resp = self.call(None, kv.get(full, Some(options))).await?;
+        let kvs = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<_, _>>()?;
+        Ok((kvs, header_revision(resp.header())))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|Compare::ModRevision(key, rev)| EtcdCompare::mod_revision(self.full(key), CompareOp::Equal, signed(*rev)))
+            .collect();
+        let mut lease_used = None;
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => {
+                    lease_used = lease_used.or(*lease);
+                    TxnOp::put(self.full(key), value.clone(), lease.map(|l| PutOptions::new().with_lease(l)))
+                }
+                Op::Delete { key } => TxnOp::delete(self.full(key), None),
+            })
+            .collect();
+        let request = etcd_client::Txn::new().when(compares).and_then(ops);
+        let mut kv = self.client.kv_client();
+        let resp = self.call(lease_used, kv.txn(request)).await?;
+        Ok(TxnOutcome { succeeded: resp.succeeded(), revision: header_revision(resp.header()) })
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<WatchStream, StoreError> {
+        watch::open(self.client.clone(), self.prefix.clone(), prefix, from_revision, self.timeout).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        // etcd TTLs are whole seconds: round up so a lease never ends early.
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let mut lease = self.client.lease_client();
+        let resp = self.call(None, lease.grant(signed(secs.max(1)), None)).await?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, id: LeaseId) -> Result<Duration, StoreError> {
+        let mut lease = self.client.lease_client();
+        let resp = self
+            .call(Some(id), async move {
+                let (mut keeper, mut stream) = lease.keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await?;
+        match resp {
+            Some(r) if r.ttl() > 0 => Ok(Duration::from_secs(revision(r.ttl()))),
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
+        let mut lease = self.client.lease_client();
+        self.call(Some(id), lease.revoke(id)).await?;
+        Ok(())
+    }
+}

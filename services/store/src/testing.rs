@@ -1,1 +1,160 @@
-//! Test helpers.
+//! Test helpers: a real etcd server in a temporary directory.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::etcd::{EtcdOptions, EtcdStore};
+use crate::{SharedStore, Store};
+
+/// Why a test etcd could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdServerError {
+    /// No `etcd` binary on `PATH`.
+    #[error("etcd not found: install Debian's etcd-server (cargo xtask test does this when run as root)")]
+    NotFound,
+    /// Local I/O failed.
+    #[error("starting etcd failed")]
+    Io(#[from] std::io::Error),
+    /// etcd did not answer in time.
+    #[error("etcd did not become ready; log: {0}")]
+    NotReady(PathBuf),
+}
+
+/// `true` when etcd tests should be skipped (`UPSHIFT_SKIP_ETCD=1`); prints
+/// a loud notice. Without it, a missing etcd fails the tests.
+pub fn skip_etcd() -> bool {
+    let skip = std::env::var("UPSHIFT_SKIP_ETCD").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("\n!!!!!!!! UPSHIFT_SKIP_ETCD=1: SKIPPING etcd tests !!!!!!!!\n");
+    }
+    skip
+}
+
+/// A single-member etcd running on loopback ports in a temporary directory.
+/// It is killed on drop; its log stays in the directory, whose path is
+/// printed if the test panicked.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers.
+    pub async fn start() -> Result<Self, EtcdServerError> {
+        let binary = find_on_path("etcd").ok_or(EtcdServerError::NotFound)?;
+        let dir = tempfile::Builder::new().prefix("upshift-etcd-").tempdir()?;
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let mut server = Self { dir, binary, client_port, peer_port, child: None };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Path of the server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// Store options pointing at this server, with short deadlines.
+    pub fn options(&self, key_prefix: &str) -> EtcdOptions {
+        EtcdOptions {
+            request_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(2),
+            key_prefix: key_prefix.to_owned(),
+            ..EtcdOptions::new(vec![self.endpoint()])
+        }
+    }
+
+    /// A store connected to this server.
+    pub async fn store(&self, key_prefix: &str) -> Result<SharedStore, crate::StoreError> {
+        Ok(std::sync::Arc::new(EtcdStore::connect(self.options(key_prefix)).await?))
+    }
+
+    /// Kills the server (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data and ports.
+    pub async fn restart(&mut self) -> Result<(), EtcdServerError> {
+        self.stop();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<(), EtcdServerError> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--name", "default", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), EtcdServerError> {
+        let mut options = self.options("");
+        options.request_timeout = Duration::from_millis(500);
+        options.connect_timeout = Duration::from_millis(500);
+        for _ in 0..60 {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait()?.is_some()
+            {
+                break;
+            }
+            if let Ok(store) = EtcdStore::connect(options.clone()).await
+                && store.get("/upshift-ready-probe").await.is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(EtcdServerError::NotReady(self.log_path()))
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("temp dir"));
+            eprintln!("etcd log kept at {}", dir.keep().join("etcd.log").display());
+        }
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    Ok(listener.local_addr()?.port())
+}

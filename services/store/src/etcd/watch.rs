@@ -1,0 +1,151 @@
+//! Resumable etcd prefix watches.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions};
+use futures::StreamExt;
+
+use super::{Timeout, convert_kv, revision, signed, unavailable};
+use crate::{StoreError, WatchEvent, WatchStream};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One watch: the live etcd stream (if connected) and the next revision
+/// not yet delivered, from which a broken stream is re-opened.
+struct EtcdWatch {
+    client: Client,
+    key_prefix: String,
+    full: String,
+    next: u64,
+    stream: Option<etcd_client::WatchStream>,
+    pending: VecDeque<WatchEvent>,
+    timeout: Duration,
+}
+
+/// Opens a watch of `prefix` (under `key_prefix`) and waits until etcd has
+/// created it, so that writes made after this returns are seen.
+pub(super) async fn open(
+    client: Client,
+    key_prefix: String,
+    prefix: &str,
+    from: Option<u64>,
+    timeout: Duration,
+) -> Result<WatchStream, StoreError> {
+    let full = format!("{key_prefix}{prefix}");
+    let mut watch =
+        EtcdWatch { client, key_prefix, full, next: 0, stream: None, pending: VecDeque::new(), timeout };
+    watch.start(from.map(|r| r.max(1))).await?;
+    Ok(futures::stream::unfold(Some(watch), |state| async move {
+        let mut watch = state?;
+        match watch.next_event().await {
+            Ok(event) => Some((Ok(event), Some(watch))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed())
+}
+
+impl EtcdWatch {
+    /// Creates the etcd watch from `from` (or from now) and reads its
+    /// creation response.
+    async fn start(&mut self, from: Option<u64>) -> Result<(), StoreError> {
+        let mut options =
+            if self.full.is_empty() { WatchOptions::new().with_all_keys() } else { WatchOptions::new().with_prefix() };
+        if let Some(rev) = from {
+            options = options.with_start_revision(signed(rev));
+        }
+        let (client, full) = (&mut self.client, self.full.clone());
+        let created = tokio::time::timeout(self.timeout, async move {
+            let mut stream = client.watch(full, Some(options)).await?;
+            let first = stream.message().await?;
+            Ok::<_, etcd_client::Error>((stream, first))
+        })
+        .await
+        .map_err(|_| unavailable(Timeout(self.timeout)))?;
+        let (stream, first) = created.map_err(unavailable)?;
+        let Some(first) = first else {
+            return Err(StoreError::Unavailable("etcd closed the watch stream".into()));
+        };
+        if first.canceled() {
+            return Err(cancelled(&first, from.unwrap_or(0)));
+        }
+        self.next = match from {
+            Some(rev) => rev,
+            None => revision(first.header().map_or(0, |h| h.revision())) + 1,
+        };
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> Result<WatchEvent, StoreError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                self.reconnect().await?;
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled() => {
+                    let e = cancelled(&resp, self.next);
+                    if matches!(e, StoreError::Compacted { .. }) {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "etcd cancelled a watch; re-opening it");
+                    self.stream = None;
+                }
+                Ok(Some(resp)) => {
+                    for event in resp.events() {
+                        let event = self.convert(event)?;
+                        self.next = event.revision() + 1;
+                        self.pending.push_back(event);
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(prefix = %self.full, "etcd watch stream ended; re-opening it");
+                    self.stream = None;
+                }
+                Err(e) => {
+                    tracing::warn!(prefix = %self.full, error = %e, "etcd watch stream broke; re-opening it");
+                    self.stream = None;
+                }
+            }
+        }
+    }
+
+    /// Re-opens the watch from the next undelivered revision, retrying with
+    /// backoff until it succeeds; only compaction is final.
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.start(Some(self.next)).await {
+                Ok(()) => return Ok(()),
+                Err(e @ StoreError::Compacted { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, ?backoff, "re-opening the etcd watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn convert(&self, event: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
+        let kv = event.kv().ok_or_else(|| StoreError::Corrupt("etcd watch event without a key".into()))?;
+        let kv = convert_kv(&self.key_prefix, kv)?;
+        Ok(match event.event_type() {
+            EventType::Put => WatchEvent::Put(kv),
+            EventType::Delete => WatchEvent::Delete { key: kv.key, revision: kv.mod_revision },
+        })
+    }
+}
+
+fn cancelled(resp: &etcd_client::WatchResponse, requested: u64) -> StoreError {
+    if resp.compact_revision() > 0 {
+        return StoreError::Compacted { requested, oldest: revision(resp.compact_revision()) };
+    }
+    StoreError::Unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
+}
