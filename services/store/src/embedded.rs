@@ -43,7 +43,10 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { history_revisions: 10_000, watch_buffer: 1024 }
+        Self {
+            history_revisions: 10_000,
+            watch_buffer: 1024,
+        }
     }
 }
 
@@ -78,7 +81,8 @@ impl EmbeddedStore {
 
     /// Opens (or creates) the store file at `path`.
     pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| StoreError::Embedded(Box::new(e)))?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| StoreError::Embedded(Box::new(e)))?;
         let db = Db::open(path, options.history_revisions, options.watch_buffer)?;
         let leases = Leases::new(db.leases()?);
         let inner = Arc::new(Inner { db, leases });
@@ -98,7 +102,9 @@ async fn blocking<T: Send + 'static>(
     inner: Arc<Inner>,
     f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::Embedded(Box::new(e)))?
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(|e| StoreError::Embedded(Box::new(e)))?
 }
 
 #[async_trait]
@@ -117,7 +123,11 @@ impl Store for EmbeddedStore {
         self.blocking(move |i| i.db.txn(&txn)).await
     }
 
-    async fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<WatchStream, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> Result<WatchStream, StoreError> {
         // Subscribe before reading the history so no commit falls in between;
         // batches the history already covered are skipped by revision.
         let rx = self.inner.db.events.subscribe();
@@ -132,7 +142,9 @@ impl Store for EmbeddedStore {
             Some(from) => {
                 let prefix = prefix.to_owned();
                 let from = from.max(1);
-                let (events, reached) = self.blocking(move |i| i.db.history_since(&prefix, from)).await?;
+                let (events, reached) = self
+                    .blocking(move |i| i.db.history_since(&prefix, from))
+                    .await?;
                 watch.pending.extend(events);
                 watch.next = reached.max(from - 1) + 1;
             }
@@ -148,7 +160,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.inner.leases.renew(lease).ok_or(StoreError::LeaseNotFound(lease))
+        self.inner
+            .leases
+            .renew(lease)
+            .ok_or(StoreError::LeaseNotFound(lease))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
@@ -198,7 +213,10 @@ impl Watch {
                 Ok(batch) if batch.revision < self.next => {}
                 Ok(batch) => {
                     self.next = batch.revision + 1;
-                    let events = batch.events.iter().filter(|e| e.key().starts_with(&self.prefix));
+                    let events = batch
+                        .events
+                        .iter()
+                        .filter(|e| e.key().starts_with(&self.prefix));
                     self.pending.extend(events.cloned());
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
@@ -214,7 +232,9 @@ impl Watch {
 
     /// Re-reads what a lagging watcher missed from the history table.
     async fn catch_up(&mut self) -> Result<bool, StoreError> {
-        let Some(inner) = self.inner.upgrade() else { return Ok(false) };
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(false);
+        };
         self.rx = inner.db.events.subscribe();
         let (prefix, from) = (self.prefix.clone(), self.next);
         let (events, reached) = blocking(inner, move |i| i.db.history_since(&prefix, from)).await?;

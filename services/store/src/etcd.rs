@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, TxnOp,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, TxnOp,
 };
 
 use crate::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchStream};
@@ -31,7 +31,9 @@ pub struct EtcdTls {
 
 impl std::fmt::Debug for EtcdTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdTls").field("mtls", &self.cert_pem.is_some()).finish_non_exhaustive()
+        f.debug_struct("EtcdTls")
+            .field("mtls", &self.cert_pem.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,7 +91,10 @@ pub struct EtcdStore {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore").field("prefix", &self.prefix).field("timeout", &self.timeout).finish()
+        f.debug_struct("EtcdStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -122,11 +127,16 @@ impl EtcdStore {
             connect = connect.with_tls(config);
         }
         let deadline = opts.connect_timeout + opts.request_timeout;
-        let client = tokio::time::timeout(deadline, Client::connect(&opts.endpoints, Some(connect)))
-            .await
-            .map_err(|_| unavailable(Timeout(deadline)))?
-            .map_err(unavailable)?;
-        Ok(Self { client, prefix: opts.key_prefix, timeout: opts.request_timeout })
+        let client =
+            tokio::time::timeout(deadline, Client::connect(&opts.endpoints, Some(connect)))
+                .await
+                .map_err(|_| unavailable(Timeout(deadline)))?
+                .map_err(unavailable)?;
+        Ok(Self {
+            client,
+            prefix: opts.key_prefix,
+            timeout: opts.request_timeout,
+        })
     }
 
     /// The underlying client (e.g. for etcd maintenance in tests).
@@ -157,7 +167,8 @@ impl EtcdStore {
 }
 
 pub(crate) fn convert_kv(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
-    let key = std::str::from_utf8(kv.key()).map_err(|_| StoreError::Corrupt("etcd key is not UTF-8".into()))?;
+    let key = std::str::from_utf8(kv.key())
+        .map_err(|_| StoreError::Corrupt("etcd key is not UTF-8".into()))?;
     let key = key.strip_prefix(prefix).unwrap_or(key).to_owned();
     Ok(KeyValue {
         key,
@@ -182,12 +193,15 @@ fn signed(rev: u64) -> i64 {
 
 /// Maps an etcd error, recognising "lease not found" for `lease`.
 fn map_err(e: etcd_client::Error, lease: Option<LeaseId>) -> StoreError {
-    if let (etcd_client::Error::GRpcStatus(status), Some(id)) = (&e, lease)
-        && status.message().contains("lease not found")
-    {
-        return StoreError::LeaseNotFound(id);
+    let message = match &e {
+        etcd_client::Error::GRpcStatus(status) => status.message(),
+        etcd_client::Error::LeaseKeepAliveError(message) => message.as_str(),
+        _ => "",
+    };
+    match lease {
+        Some(id) if message.contains("lease not found") => StoreError::LeaseNotFound(id),
+        _ => unavailable(e),
     }
-    unavailable(e)
 }
 
 #[async_trait]
@@ -201,9 +215,17 @@ impl Store for EtcdStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
         let mut kv = self.client.kv_client();
         let full = self.full(prefix);
-        let options = if full.is_empty() { GetOptions::new().with_all_keys() } else { GetOptions::new().with_prefix() };
+        let options = if full.is_empty() {
+            GetOptions::new().with_all_keys()
+        } else {
+            GetOptions::new().with_prefix()
+        };
         let resp = self.call(None, kv.get(full, Some(options))).await?;
-        let kvs = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<_, _>>()?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
         Ok((kvs, header_revision(resp.header())))
     }
 
@@ -211,7 +233,9 @@ impl Store for EtcdStore {
         let compares: Vec<EtcdCompare> = txn
             .compares
             .iter()
-            .map(|Compare::ModRevision(key, rev)| EtcdCompare::mod_revision(self.full(key), CompareOp::Equal, signed(*rev)))
+            .map(|Compare::ModRevision(key, rev)| {
+                EtcdCompare::mod_revision(self.full(key), CompareOp::Equal, signed(*rev))
+            })
             .collect();
         let mut lease_used = None;
         let ops: Vec<TxnOp> = txn
@@ -220,7 +244,11 @@ impl Store for EtcdStore {
             .map(|op| match op {
                 Op::Put { key, value, lease } => {
                     lease_used = lease_used.or(*lease);
-                    TxnOp::put(self.full(key), value.clone(), lease.map(|l| PutOptions::new().with_lease(l)))
+                    TxnOp::put(
+                        self.full(key),
+                        value.clone(),
+                        lease.map(|l| PutOptions::new().with_lease(l)),
+                    )
                 }
                 Op::Delete { key } => TxnOp::delete(self.full(key), None),
             })
@@ -228,18 +256,34 @@ impl Store for EtcdStore {
         let request = etcd_client::Txn::new().when(compares).and_then(ops);
         let mut kv = self.client.kv_client();
         let resp = self.call(lease_used, kv.txn(request)).await?;
-        Ok(TxnOutcome { succeeded: resp.succeeded(), revision: header_revision(resp.header()) })
+        Ok(TxnOutcome {
+            succeeded: resp.succeeded(),
+            revision: header_revision(resp.header()),
+        })
     }
 
-    async fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<WatchStream, StoreError> {
-        watch::open(self.client.clone(), self.prefix.clone(), prefix, from_revision, self.timeout).await
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> Result<WatchStream, StoreError> {
+        watch::open(
+            self.client.clone(),
+            self.prefix.clone(),
+            prefix,
+            from_revision,
+            self.timeout,
+        )
+        .await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         // etcd TTLs are whole seconds: round up so a lease never ends early.
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let mut lease = self.client.lease_client();
-        let resp = self.call(None, lease.grant(signed(secs.max(1)), None)).await?;
+        let resp = self
+            .call(None, lease.grant(signed(secs.max(1)), None))
+            .await?;
         Ok(resp.id())
     }
 

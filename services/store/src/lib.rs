@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 
+pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod testing;
@@ -68,7 +69,11 @@ pub enum Op {
 impl Op {
     /// A put without a lease.
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put { key: key.into(), value: value.into(), lease: None }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
     }
 
     /// A delete.
@@ -191,7 +196,11 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Watches keys starting with `prefix`, from `from_revision` (inclusive)
     /// when given, else from now.
-    async fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<WatchStream, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> Result<WatchStream, StoreError>;
 
     /// Creates a lease of `ttl`.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;

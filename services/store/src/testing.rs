@@ -12,7 +12,9 @@ use crate::{SharedStore, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdServerError {
     /// No `etcd` binary on `PATH`.
-    #[error("etcd not found: install Debian's etcd-server (cargo xtask test does this when run as root)")]
+    #[error(
+        "etcd not found: install Debian's etcd-server (cargo xtask test does this when run as root)"
+    )]
     NotFound,
     /// Local I/O failed.
     #[error("starting etcd failed")]
@@ -50,7 +52,13 @@ impl EtcdServer {
         let binary = find_on_path("etcd").ok_or(EtcdServerError::NotFound)?;
         let dir = tempfile::Builder::new().prefix("upshift-etcd-").tempdir()?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
-        let mut server = Self { dir, binary, client_port, peer_port, child: None };
+        let mut server = Self {
+            dir,
+            binary,
+            client_port,
+            peer_port,
+            child: None,
+        };
         server.spawn().await?;
         Ok(server)
     }
@@ -77,7 +85,9 @@ impl EtcdServer {
 
     /// A store connected to this server.
     pub async fn store(&self, key_prefix: &str) -> Result<SharedStore, crate::StoreError> {
-        Ok(std::sync::Arc::new(EtcdStore::connect(self.options(key_prefix)).await?))
+        Ok(std::sync::Arc::new(
+            EtcdStore::connect(self.options(key_prefix)).await?,
+        ))
     }
 
     /// Kills the server (its data stays).
@@ -95,14 +105,29 @@ impl EtcdServer {
     }
 
     async fn spawn(&mut self) -> Result<(), EtcdServerError> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--name", "default", "--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--name",
+                "default",
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("default={peer}")])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -145,12 +170,15 @@ impl Drop for EtcdServer {
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A loopback port that was free a moment ago.

@@ -31,7 +31,12 @@ impl Record {
     }
 }
 
-pub(crate) fn encode_record(create: u64, modified: u64, lease: Option<LeaseId>, value: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_record(
+    create: u64,
+    modified: u64,
+    lease: Option<LeaseId>,
+    value: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + value.len());
     out.extend_from_slice(&create.to_be_bytes());
     out.extend_from_slice(&modified.to_be_bytes());
@@ -45,14 +50,23 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
     let create_revision = r.u64()?;
     let mod_revision = r.u64()?;
     let lease = r.i64()?;
-    Ok(Record { value: r.0.to_vec(), create_revision, mod_revision, lease: (lease != 0).then_some(lease) })
+    Ok(Record {
+        value: r.0.to_vec(),
+        create_revision,
+        mod_revision,
+        lease: (lease != 0).then_some(lease),
+    })
 }
 
 pub(crate) fn encode_events(events: &[WatchEvent]) -> Vec<u8> {
     let mut out = Vec::new();
     for event in events {
         let key = event.key().as_bytes();
-        out.push(if matches!(event, WatchEvent::Put(_)) { PUT } else { DELETE });
+        out.push(if matches!(event, WatchEvent::Put(_)) {
+            PUT
+        } else {
+            DELETE
+        });
         out.extend_from_slice(&len32(key.len()).to_be_bytes());
         out.extend_from_slice(key);
         if let WatchEvent::Put(kv) = event {
@@ -71,7 +85,8 @@ pub(crate) fn decode_events(revision: u64, bytes: &[u8]) -> Result<Vec<WatchEven
     while !r.0.is_empty() {
         let kind = r.take(1)?[0];
         let key_len = r.u32()? as usize;
-        let key = String::from_utf8(r.take(key_len)?.to_vec()).map_err(|_| corrupt("history key is not UTF-8"))?;
+        let key = String::from_utf8(r.take(key_len)?.to_vec())
+            .map_err(|_| corrupt("history key is not UTF-8"))?;
         events.push(match kind {
             PUT => {
                 let create_revision = r.u64()?;
@@ -79,7 +94,13 @@ pub(crate) fn decode_events(revision: u64, bytes: &[u8]) -> Result<Vec<WatchEven
                 let value_len = r.u32()? as usize;
                 let value = r.take(value_len)?.to_vec();
                 let lease = (lease != 0).then_some(lease);
-                WatchEvent::Put(KeyValue { key, value, create_revision, mod_revision: revision, lease })
+                WatchEvent::Put(KeyValue {
+                    key,
+                    value,
+                    create_revision,
+                    mod_revision: revision,
+                    lease,
+                })
             }
             DELETE => WatchEvent::Delete { key, revision },
             other => return Err(corrupt(&format!("unknown history event kind {other}"))),
@@ -110,15 +131,21 @@ impl<'a> Reader<'a> {
     }
 
     fn u64(&mut self) -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| corrupt("bad u64"))?))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| corrupt("bad u64"))?,
+        ))
     }
 
     fn i64(&mut self) -> Result<i64, StoreError> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().map_err(|_| corrupt("bad i64"))?))
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| corrupt("bad i64"))?,
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, StoreError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| corrupt("bad u32"))?))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().map_err(|_| corrupt("bad u32"))?,
+        ))
     }
 }
 
@@ -136,7 +163,10 @@ mod tests {
                 mod_revision: 7,
                 lease: Some(9),
             }),
-            WatchEvent::Delete { key: "a/c".into(), revision: 7 },
+            WatchEvent::Delete {
+                key: "a/c".into(),
+                revision: 7,
+            },
         ];
         assert_eq!(decode_events(7, &encode_events(&events)).unwrap(), events);
     }
@@ -144,7 +174,15 @@ mod tests {
     #[test]
     fn record_round_trip() {
         let r = decode_record(&encode_record(1, 2, None, b"xyz")).unwrap();
-        assert_eq!(r, Record { value: b"xyz".to_vec(), create_revision: 1, mod_revision: 2, lease: None });
+        assert_eq!(
+            r,
+            Record {
+                value: b"xyz".to_vec(),
+                create_revision: 1,
+                mod_revision: 2,
+                lease: None
+            }
+        );
         assert!(decode_record(b"short").is_err());
     }
 }

@@ -63,13 +63,20 @@ impl Db {
         }
         tx.commit().map_err(db_err)?;
         let (events, _) = broadcast::channel(watch_buffer.max(1));
-        Ok(Self { db, writer: Mutex::new(()), events, history: history.max(1) })
+        Ok(Self {
+            db,
+            writer: Mutex::new(()),
+            events,
+            history: history.max(1),
+        })
     }
 
     pub(crate) fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let keys = tx.open_table(KEYS).map_err(db_err)?;
-        let Some(bytes) = keys.get(key).map_err(db_err)? else { return Ok(None) };
+        let Some(bytes) = keys.get(key).map_err(db_err)? else {
+            return Ok(None);
+        };
         Ok(Some(decode_record(bytes.value())?.into_kv(key.to_owned())))
     }
 
@@ -96,12 +103,19 @@ impl Db {
 
     /// Events of revisions `from..` in the history, and the revision they
     /// reach; `Compacted` when `from` is no longer kept.
-    pub(crate) fn history_since(&self, prefix: &str, from: u64) -> Result<(Vec<WatchEvent>, u64), StoreError> {
+    pub(crate) fn history_since(
+        &self,
+        prefix: &str,
+        from: u64,
+    ) -> Result<(Vec<WatchEvent>, u64), StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let meta = tx.open_table(META).map_err(db_err)?;
         let compacted = meta_get(&meta, META_COMPACTED)?;
         if from <= compacted {
-            return Err(StoreError::Compacted { requested: from, oldest: compacted + 1 });
+            return Err(StoreError::Compacted {
+                requested: from,
+                oldest: compacted + 1,
+            });
         }
         let history = tx.open_table(HISTORY).map_err(db_err)?;
         let mut out = Vec::new();
@@ -140,8 +154,12 @@ impl Db {
             id = meta_get(&meta, META_NEXT_LEASE)?.max(1);
             meta.insert(META_NEXT_LEASE, id + 1).map_err(db_err)?;
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let lease = i64::try_from(id).map_err(|_| StoreError::Corrupt("lease ids exhausted".into()))?;
-            w.tx.open_table(LEASES).map_err(db_err)?.insert(lease, ttl_ms).map_err(db_err)?;
+            let lease =
+                i64::try_from(id).map_err(|_| StoreError::Corrupt("lease ids exhausted".into()))?;
+            w.tx.open_table(LEASES)
+                .map_err(db_err)?
+                .insert(lease, ttl_ms)
+                .map_err(db_err)?;
             Ok(true)
         })?;
         Ok(id as LeaseId)
@@ -166,7 +184,10 @@ impl Db {
             for key in keys {
                 w.delete(&key)?;
             }
-            w.tx.open_table(LEASES).map_err(db_err)?.remove(lease).map_err(db_err)?;
+            w.tx.open_table(LEASES)
+                .map_err(db_err)?
+                .remove(lease)
+                .map_err(db_err)?;
             Ok(true)
         })?;
         Ok(())
@@ -188,36 +209,68 @@ impl Db {
     /// transaction commits (durably: redb's default `Durability::Immediate`
     /// fsyncs before `commit` returns); when it made changes they get one new
     /// revision, are appended to the history and broadcast to watchers.
-    fn write(&self, f: impl FnOnce(&mut Writer) -> Result<bool, StoreError>) -> Result<TxnOutcome, StoreError> {
+    fn write(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<bool, StoreError>,
+    ) -> Result<TxnOutcome, StoreError> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_write().map_err(db_err)?;
         let revision = meta_get(&tx.open_table(META).map_err(db_err)?, META_REVISION)?;
-        let mut w = Writer { tx, revision: revision + 1, events: Vec::new() };
+        let mut w = Writer {
+            tx,
+            revision: revision + 1,
+            events: Vec::new(),
+        };
         if !f(&mut w)? {
             w.tx.abort().map_err(db_err)?;
-            return Ok(TxnOutcome { succeeded: false, revision });
+            return Ok(TxnOutcome {
+                succeeded: false,
+                revision,
+            });
         }
-        let Writer { tx, revision: next, events } = w;
+        let Writer {
+            tx,
+            revision: next,
+            events,
+        } = w;
         if events.is_empty() {
             tx.commit().map_err(db_err)?;
-            return Ok(TxnOutcome { succeeded: true, revision });
+            return Ok(TxnOutcome {
+                succeeded: true,
+                revision,
+            });
         }
         self.append_history(&tx, next, &events)?;
         tx.commit().map_err(db_err)?;
         // No receivers is fine: nobody is watching.
-        let _ = self.events.send(Arc::new(Batch { revision: next, events }));
-        Ok(TxnOutcome { succeeded: true, revision: next })
+        let _ = self.events.send(Arc::new(Batch {
+            revision: next,
+            events,
+        }));
+        Ok(TxnOutcome {
+            succeeded: true,
+            revision: next,
+        })
     }
 
-    fn append_history(&self, tx: &WriteTransaction, revision: u64, events: &[WatchEvent]) -> Result<(), StoreError> {
+    fn append_history(
+        &self,
+        tx: &WriteTransaction,
+        revision: u64,
+        events: &[WatchEvent],
+    ) -> Result<(), StoreError> {
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert(META_REVISION, revision).map_err(db_err)?;
         let mut history = tx.open_table(HISTORY).map_err(db_err)?;
-        history.insert(revision, encode_events(events).as_slice()).map_err(db_err)?;
+        history
+            .insert(revision, encode_events(events).as_slice())
+            .map_err(db_err)?;
         let compacted = meta_get(&meta, META_COMPACTED)?;
         if revision.saturating_sub(compacted) > self.history {
             let new_compacted = revision - self.history;
-            history.retain_in(..=new_compacted, |_, _| false).map_err(db_err)?;
+            history
+                .retain_in(..=new_compacted, |_, _| false)
+                .map_err(db_err)?;
             meta.insert(META_COMPACTED, new_compacted).map_err(db_err)?;
         }
         Ok(())
@@ -259,7 +312,11 @@ impl Writer {
             index.insert((id, key), ()).map_err(db_err)?;
         }
         let record = encode_record(create, self.revision, lease, value);
-        self.tx.open_table(KEYS).map_err(db_err)?.insert(key, record.as_slice()).map_err(db_err)?;
+        self.tx
+            .open_table(KEYS)
+            .map_err(db_err)?
+            .insert(key, record.as_slice())
+            .map_err(db_err)?;
         self.events.push(WatchEvent::Put(KeyValue {
             key: key.to_owned(),
             value: value.to_vec(),
@@ -271,12 +328,25 @@ impl Writer {
     }
 
     fn delete(&mut self, key: &str) -> Result<(), StoreError> {
-        let Some(old) = self.get_record(key)? else { return Ok(()) };
+        let Some(old) = self.get_record(key)? else {
+            return Ok(());
+        };
         if let Some(lease) = old.lease {
-            self.tx.open_table(LEASE_KEYS).map_err(db_err)?.remove((lease, key)).map_err(db_err)?;
+            self.tx
+                .open_table(LEASE_KEYS)
+                .map_err(db_err)?
+                .remove((lease, key))
+                .map_err(db_err)?;
         }
-        self.tx.open_table(KEYS).map_err(db_err)?.remove(key).map_err(db_err)?;
-        self.events.push(WatchEvent::Delete { key: key.to_owned(), revision: self.revision });
+        self.tx
+            .open_table(KEYS)
+            .map_err(db_err)?
+            .remove(key)
+            .map_err(db_err)?;
+        self.events.push(WatchEvent::Delete {
+            key: key.to_owned(),
+            revision: self.revision,
+        });
         Ok(())
     }
 }

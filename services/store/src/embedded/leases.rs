@@ -28,8 +28,22 @@ impl Leases {
     /// Leases loaded from the file, each given a fresh full TTL.
     pub(crate) fn new(persisted: Vec<(LeaseId, Duration)>) -> Self {
         let now = Instant::now();
-        let live = persisted.into_iter().map(|(id, ttl)| (id, Lease { ttl, deadline: now + ttl })).collect();
-        Self { live: Mutex::new(live), wake: Arc::new(Notify::new()) }
+        let live = persisted
+            .into_iter()
+            .map(|(id, ttl)| {
+                (
+                    id,
+                    Lease {
+                        ttl,
+                        deadline: now + ttl,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            live: Mutex::new(live),
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Lease>> {
@@ -37,7 +51,13 @@ impl Leases {
     }
 
     pub(crate) fn insert(&self, id: LeaseId, ttl: Duration) {
-        self.lock().insert(id, Lease { ttl, deadline: Instant::now() + ttl });
+        self.lock().insert(
+            id,
+            Lease {
+                ttl,
+                deadline: Instant::now() + ttl,
+            },
+        );
         self.wake.notify_one();
     }
 
@@ -61,7 +81,11 @@ impl Leases {
     /// Removes and returns the expired leases, and the next deadline.
     fn take_expired(&self, now: Instant) -> (Vec<LeaseId>, Option<Instant>) {
         let mut live = self.lock();
-        let expired: Vec<LeaseId> = live.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<LeaseId> = live
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in &expired {
             live.remove(id);
         }
@@ -81,7 +105,9 @@ pub(crate) async fn reap(store: Weak<Inner>) {
             let result = tokio::task::spawn_blocking(move || inner.db.remove_lease(id)).await;
             match result {
                 Ok(Ok(())) => tracing::debug!(lease = id, "lease expired"),
-                Ok(Err(e)) => tracing::warn!(lease = id, error = %e, "deleting the keys of an expired lease failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = id, error = %e, "deleting the keys of an expired lease failed")
+                }
                 Err(e) => tracing::warn!(lease = id, error = %e, "lease reaper task failed"),
             }
         }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use futures::StreamExt;
 
 use super::{Timeout, convert_kv, revision, signed, unavailable};
@@ -34,8 +34,15 @@ pub(super) async fn open(
     timeout: Duration,
 ) -> Result<WatchStream, StoreError> {
     let full = format!("{key_prefix}{prefix}");
-    let mut watch =
-        EtcdWatch { client, key_prefix, full, next: 0, stream: None, pending: VecDeque::new(), timeout };
+    let mut watch = EtcdWatch {
+        client,
+        key_prefix,
+        full,
+        next: 0,
+        stream: None,
+        pending: VecDeque::new(),
+        timeout,
+    };
     watch.start(from.map(|r| r.max(1))).await?;
     Ok(futures::stream::unfold(Some(watch), |state| async move {
         let mut watch = state?;
@@ -51,8 +58,11 @@ impl EtcdWatch {
     /// Creates the etcd watch from `from` (or from now) and reads its
     /// creation response.
     async fn start(&mut self, from: Option<u64>) -> Result<(), StoreError> {
-        let mut options =
-            if self.full.is_empty() { WatchOptions::new().with_all_keys() } else { WatchOptions::new().with_prefix() };
+        let mut options = if self.full.is_empty() {
+            WatchOptions::new().with_all_keys()
+        } else {
+            WatchOptions::new().with_prefix()
+        };
         if let Some(rev) = from {
             options = options.with_start_revision(signed(rev));
         }
@@ -66,10 +76,30 @@ impl EtcdWatch {
         .map_err(|_| unavailable(Timeout(self.timeout)))?;
         let (stream, first) = created.map_err(unavailable)?;
         let Some(first) = first else {
-            return Err(StoreError::Unavailable("etcd closed the watch stream".into()));
+            return Err(StoreError::Unavailable(
+                "etcd closed the watch stream".into(),
+            ));
         };
         if first.canceled() {
             return Err(cancelled(&first, from.unwrap_or(0)));
+        }
+        let mut stream = stream;
+        if let Some(rev) = from
+            && self.is_compacted(rev).await?
+        {
+            // etcd creates a watch on a compacted revision, then cancels it
+            // naming the compact revision: report that now, not as a first
+            // stream item, like the embedded store does.
+            let next = tokio::time::timeout(self.timeout, stream.message()).await;
+            if let Ok(Ok(Some(resp))) = next
+                && resp.canceled()
+            {
+                return Err(cancelled(&resp, rev));
+            }
+            return Err(StoreError::Compacted {
+                requested: rev,
+                oldest: rev + 1,
+            });
         }
         self.next = match from {
             Some(rev) => rev,
@@ -77,6 +107,25 @@ impl EtcdWatch {
         };
         self.stream = Some(stream);
         Ok(())
+    }
+
+    /// Whether `rev` is older than etcd's compaction point.
+    async fn is_compacted(&mut self, rev: u64) -> Result<bool, StoreError> {
+        let options = GetOptions::new()
+            .with_revision(signed(rev))
+            .with_count_only();
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(self.timeout, kv.get(self.full.clone(), Some(options))).await {
+            Err(_) => Err(unavailable(Timeout(self.timeout))),
+            Ok(Ok(_)) => Ok(false),
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.message().contains("compacted") =>
+            {
+                Ok(true)
+            }
+            // A future revision is fine to watch from; other errors surface on the stream.
+            Ok(Err(_)) => Ok(false),
+        }
     }
 
     async fn next_event(&mut self) -> Result<WatchEvent, StoreError> {
@@ -134,18 +183,26 @@ impl EtcdWatch {
     }
 
     fn convert(&self, event: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
-        let kv = event.kv().ok_or_else(|| StoreError::Corrupt("etcd watch event without a key".into()))?;
+        let kv = event
+            .kv()
+            .ok_or_else(|| StoreError::Corrupt("etcd watch event without a key".into()))?;
         let kv = convert_kv(&self.key_prefix, kv)?;
         Ok(match event.event_type() {
             EventType::Put => WatchEvent::Put(kv),
-            EventType::Delete => WatchEvent::Delete { key: kv.key, revision: kv.mod_revision },
+            EventType::Delete => WatchEvent::Delete {
+                key: kv.key,
+                revision: kv.mod_revision,
+            },
         })
     }
 }
 
 fn cancelled(resp: &etcd_client::WatchResponse, requested: u64) -> StoreError {
     if resp.compact_revision() > 0 {
-        return StoreError::Compacted { requested, oldest: revision(resp.compact_revision()) };
+        return StoreError::Compacted {
+            requested,
+            oldest: revision(resp.compact_revision()),
+        };
     }
     StoreError::Unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
 }
