@@ -108,8 +108,9 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 pub struct Timeout(pub Duration);
 
 impl EtcdStore {
-    /// Connects to etcd. The client connects lazily and reconnects by
-    /// itself; this fails on bad options or when no endpoint answers in time.
+    /// Creates the client. It connects lazily (with credentials, it
+    /// authenticates here) and reconnects by itself; an unreachable etcd
+    /// shows as [`StoreError::Unavailable`] on each request.
     pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
         let mut connect = ConnectOptions::new()
             .with_timeout(opts.request_timeout)

@@ -7,7 +7,12 @@
 //! `create_revision` and a `mod_revision`; transactions that compare keys'
 //! `mod_revision` (0 = absent) and then apply puts and deletes atomically;
 //! prefix watches resumable from a revision; and leases whose keys are
-//! deleted when they expire.
+//! deleted when they expire. A transaction that changes nothing (failed
+//! compares, no ops, or only deletes of absent keys) does not bump the
+//! revision; as in etcd, a transaction should write each key at most once.
+//!
+//! [`conformance`] is the behaviour both backends pass; [`testing`] starts
+//! a real etcd for tests.
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -195,7 +200,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
 
     /// Watches keys starting with `prefix`, from `from_revision` (inclusive)
-    /// when given, else from now.
+    /// when given, else from now. A `from_revision` that is no longer kept is
+    /// answered with `Err(Compacted)` here; a stream that later cannot
+    /// continue ends with `Compacted` as its last item.
     async fn watch(
         &self,
         prefix: &str,

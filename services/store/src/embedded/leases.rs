@@ -10,6 +10,9 @@ use tokio::time::Instant;
 use super::Inner;
 use crate::LeaseId;
 
+/// Delay before retrying an expiry that failed to commit.
+const REAP_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Lease {
     ttl: Duration,
@@ -78,18 +81,30 @@ impl Leases {
         self.wake.notify_one();
     }
 
-    /// Removes and returns the expired leases, and the next deadline.
-    fn take_expired(&self, now: Instant) -> (Vec<LeaseId>, Option<Instant>) {
+    /// Removes and returns the expired leases with their TTLs, and the next
+    /// deadline.
+    fn take_expired(&self, now: Instant) -> (Vec<(LeaseId, Duration)>, Option<Instant>) {
         let mut live = self.lock();
-        let expired: Vec<LeaseId> = live
+        let expired: Vec<_> = live
             .iter()
             .filter(|(_, l)| l.deadline <= now)
-            .map(|(id, _)| *id)
+            .map(|(id, l)| (*id, l.ttl))
             .collect();
-        for id in &expired {
+        for (id, _) in &expired {
             live.remove(id);
         }
         (expired, live.values().map(|l| l.deadline).min())
+    }
+
+    /// Puts back a lease whose expiry could not be written, to retry soon.
+    fn retry(&self, id: LeaseId, ttl: Duration) {
+        self.lock().insert(
+            id,
+            Lease {
+                ttl,
+                deadline: Instant::now() + REAP_RETRY,
+            },
+        );
     }
 }
 
@@ -100,16 +115,19 @@ pub(crate) async fn reap(store: Weak<Inner>) {
         let Some(inner) = store.upgrade() else { return };
         let wake = inner.leases.wake.clone();
         let (expired, next) = inner.leases.take_expired(Instant::now());
-        for id in expired {
-            let inner = inner.clone();
-            let result = tokio::task::spawn_blocking(move || inner.db.remove_lease(id)).await;
-            match result {
-                Ok(Ok(())) => tracing::debug!(lease = id, "lease expired"),
-                Ok(Err(e)) => {
-                    tracing::warn!(lease = id, error = %e, "deleting the keys of an expired lease failed")
+        for (id, ttl) in expired {
+            let db = inner.clone();
+            let result = tokio::task::spawn_blocking(move || db.db.remove_lease(id)).await;
+            let error = match result {
+                Ok(Ok(())) => {
+                    tracing::debug!(lease = id, "lease expired");
+                    continue;
                 }
-                Err(e) => tracing::warn!(lease = id, error = %e, "lease reaper task failed"),
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(lease = id, %error, "deleting the keys of an expired lease failed; retrying");
+            inner.leases.retry(id, ttl);
         }
         drop(inner);
         let notified = wake.notified();

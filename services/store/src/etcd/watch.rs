@@ -63,6 +63,9 @@ impl EtcdWatch {
         } else {
             WatchOptions::new().with_prefix()
         };
+        // Progress notifications move `next` forward on a quiet prefix, so a
+        // re-opened watch does not ask for revisions compacted meanwhile.
+        options = options.with_progress_notify();
         if let Some(rev) = from {
             options = options.with_start_revision(signed(rev));
         }
@@ -145,6 +148,12 @@ impl EtcdWatch {
                     }
                     tracing::warn!(error = %e, "etcd cancelled a watch; re-opening it");
                     self.stream = None;
+                }
+                Ok(Some(resp)) if resp.events().is_empty() && !resp.created() => {
+                    // A progress notification: every event up to its
+                    // revision has been delivered.
+                    let progress = revision(resp.header().map_or(0, |h| h.revision()));
+                    self.next = self.next.max(progress + 1);
                 }
                 Ok(Some(resp)) => {
                     for event in resp.events() {
