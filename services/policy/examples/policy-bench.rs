@@ -23,45 +23,78 @@ use upshift_policy::store::MemoryStore;
 use upshift_policy::{PolicyConfig, PolicyService};
 use upshift_proto::policy::v1 as pb;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/fcos/stable");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/fcos/stable"
+);
 const TOKEN: &str = "bench";
 /// Booted release of the benchmark streams (index 45 of history 058).
 const BOOTED: usize = 45;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if args.get(1).map(String::as_str) == Some("serve") {
         return rt.block_on(serve());
     }
     let flag = |name: &str, default: u64| -> u64 {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     rt.block_on(run(flag("--streams", 100_000) as usize, flag("--secs", 5)))
 }
 
 fn fixture_graph() -> anyhow::Result<upshift_cincinnati::graph::Graph> {
     let index = ReleaseIndex::from_slice(&std::fs::read(format!("{FIXTURES}/releases.json"))?)?;
-    let updates = UpdatesMetadata::from_slice(&std::fs::read(format!("{FIXTURES}/updates-history/058.json"))?)?;
+    let updates = UpdatesMetadata::from_slice(&std::fs::read(format!(
+        "{FIXTURES}/updates-history/058.json"
+    ))?)?;
     Ok(build_graph(&index, &updates, "x86_64", PayloadScheme::Checksum)?.graph)
 }
 
 fn key() -> ScopeKey {
-    ScopeKey { stream: "stable".into(), basearch: "x86_64".into(), scheme: PayloadScheme::Checksum }
+    ScopeKey {
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        scheme: PayloadScheme::Checksum,
+    }
 }
 
 /// Child: the policy service with the fixture graph plus `/static`.
 async fn serve() -> anyhow::Result<()> {
-    let mut config = PolicyConfig { keepalive_interval: Duration::from_secs(60), max_stream_age: Duration::from_secs(3600), ..Default::default() };
+    let mut config = PolicyConfig {
+        keepalive_interval: Duration::from_secs(60),
+        max_stream_age: Duration::from_secs(3600),
+        ..Default::default()
+    };
     config.server.listen = "127.0.0.1:0".parse()?;
     let metrics = Metrics::new("policy");
     let clock = SystemClock::shared();
-    let host = ServiceHost::builder("policy", metrics.clone(), clock.clone()).settings(&config.server);
+    let host =
+        ServiceHost::builder("policy", metrics.clone(), clock.clone()).settings(&config.server);
     let admin = AdminAuth::new(Some(TOKEN.into()), Vec::new());
-    let svc = PolicyService::start(&config, MemoryStore::shared(), clock, &metrics, admin, host.shutdown_token());
+    let svc = PolicyService::start(
+        &config,
+        MemoryStore::shared(),
+        clock,
+        &metrics,
+        admin,
+        host.shutdown_token(),
+    );
     svc.publish(key(), 1, fixture_graph()?);
     // The ceiling: the same bytes a wariness-0.5 client gets, served plainly.
-    let view = svc.state.borrow().scopes.get(&key()).cloned().ok_or_else(|| anyhow::anyhow!("no view"))?;
+    let view = svc
+        .state
+        .borrow()
+        .scopes
+        .get(&key())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no view"))?;
     let body = view.variant(0).body.clone();
     let fixed = axum::Router::new().route(
         "/static",
@@ -84,7 +117,11 @@ async fn serve() -> anyhow::Result<()> {
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -100,14 +137,21 @@ async fn load(base: &str, path: &str, secs: u64, conns: usize) -> (f64, f64) {
     for c in 0..conns {
         let url = format!("{base}{path}");
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
             let mut lat = Vec::new();
             let mut i = 0u64;
             while Instant::now() < stop {
                 i += 1;
                 let t = Instant::now();
                 let u = format!("{url}&node_uuid={c:04x}{i:012x}");
-                let r = client.get(&u).header("accept", "application/json").send().await;
+                let r = client
+                    .get(&u)
+                    .header("accept", "application/json")
+                    .send()
+                    .await;
                 if let Ok(r) = r {
                     let _ = r.bytes().await;
                 }
@@ -125,9 +169,18 @@ async fn load(base: &str, path: &str, secs: u64, conns: usize) -> (f64, f64) {
 }
 
 async fn run(streams: usize, secs: u64) -> anyhow::Result<()> {
-    let mut child = std::process::Command::new(std::env::current_exe()?).arg("serve").stdout(std::process::Stdio::piped()).spawn()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).read_line(&mut line)?;
+    BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .read_line(&mut line)?;
     let addr = line.trim().to_owned();
     let base = format!("http://{addr}");
     let pid = child.id();
@@ -141,14 +194,21 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
     let q = "?basearch=x86_64&stream=stable";
     let (rps, p99) = load(base, &format!("/v1/graph{q}"), secs, 32).await;
     let (srps, sp99) = load(base, &format!("/static{q}"), secs, 32).await;
-    println!("/v1/graph: {rps:.0} req/s, p99 {p99:.2} ms; static ceiling: {srps:.0} req/s, p99 {sp99:.2} ms; ratio {:.2}", rps / srps);
+    println!(
+        "/v1/graph: {rps:.0} req/s, p99 {p99:.2} ms; static ceiling: {srps:.0} req/s, p99 {sp99:.2} ms; ratio {:.2}",
+        rps / srps
+    );
 
     let booted = fixture_graph()?.nodes()[BOOTED].payload.clone();
     let rss_before = rss_kib(pid);
     let conns = streams / 150 + 1;
     let mut channels = Vec::new();
     for _ in 0..conns {
-        channels.push(tonic::transport::Endpoint::from_shared(base.to_owned())?.connect().await?);
+        channels.push(
+            tonic::transport::Endpoint::from_shared(base.to_owned())?
+                .connect()
+                .await?,
+        );
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
@@ -158,8 +218,20 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
         let (tx, ready, stop, booted) = (tx.clone(), ready.clone(), stop.clone(), booted.clone());
         tokio::spawn(async move {
             let mut c = pb::policy_service_client::PolicyServiceClient::new(ch);
-            let id = pb::NodeIdentity { node_uuid: format!("{i:032x}"), stream: "stable".into(), basearch: "x86_64".into(), booted_payload: booted, ..Default::default() };
-            let Ok(resp) = c.watch_update_hints(pb::WatchUpdateHintsRequest { identity: Some(id), resume_token: String::new() }).await else {
+            let id = pb::NodeIdentity {
+                node_uuid: format!("{i:032x}"),
+                stream: "stable".into(),
+                basearch: "x86_64".into(),
+                booted_payload: booted,
+                ..Default::default()
+            };
+            let Ok(resp) = c
+                .watch_update_hints(pb::WatchUpdateHintsRequest {
+                    identity: Some(id),
+                    resume_token: String::new(),
+                })
+                .await
+            else {
                 ready.add_permits(1);
                 return;
             };
@@ -181,17 +253,26 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
     }
     let opened = Instant::now();
     let _ = ready.acquire_many(streams as u32).await?;
-    println!("{streams} streams open in {:.1} s over {conns} connections", opened.elapsed().as_secs_f64());
+    println!(
+        "{streams} streams open in {:.1} s over {conns} connections",
+        opened.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_kib(pid);
     let per_stream = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / streams as f64;
     println!("server RSS {rss_before} KiB -> {rss_after} KiB: {per_stream:.0} bytes per stream");
 
     // Fleet-wide change: pause the rollout every stream's target belongs to.
-    let mut admin = pb::rollout_admin_service_client::RolloutAdminServiceClient::new(channels[0].clone());
+    let mut admin =
+        pb::rollout_admin_service_client::RolloutAdminServiceClient::new(channels[0].clone());
     let target = fixture_graph()?.nodes()[50].version.clone();
-    let mut req = tonic::Request::new(pb::PauseRolloutRequest { stream: "stable".into(), version: target, reason: "bench".into() });
-    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let mut req = tonic::Request::new(pb::PauseRolloutRequest {
+        stream: "stable".into(),
+        version: target,
+        reason: "bench".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
     let sent = Instant::now();
     admin.pause_rollout(req).await?;
     let mut delays = Vec::with_capacity(streams);
@@ -204,7 +285,10 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
     }
     delays.sort_by(f64::total_cmp);
     let (p50, p99) = (pct(&delays, 0.5) * 1000.0, pct(&delays, 0.99) * 1000.0);
-    println!("fleet-wide change reached {}/{streams} streams: p50 {p50:.0} ms, p99 {p99:.0} ms", delays.len());
+    println!(
+        "fleet-wide change reached {}/{streams} streams: p50 {p50:.0} ms, p99 {p99:.0} ms",
+        delays.len()
+    );
     stop.cancel();
 
     let json = serde_json::json!({
