@@ -1,10 +1,8 @@
 //! The slice of the storage contract the policy service uses, and an
 //! in-memory implementation (shareable between in-process replicas).
 //!
-//! TEMPORARY: `upshift-store` does not build yet (its `embedded`, `etcd` and
-//! `testing` modules have not landed). When it does, implement [`KvStore`]
-//! for `upshift_store::SharedStore` (list / txn put / watch map one to one)
-//! and drop [`MemoryStore`] from production use.
+//! [`UpshiftStore`] adapts the workspace store (embedded or etcd) for
+//! production; [`MemoryStore`] serves tests and benchmarks.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -147,4 +145,51 @@ fn tokio_stream_wrapper(
             Err(broadcast::error::RecvError::Closed) => None,
         }
     })
+}
+
+/// The policy store over the workspace storage contract (embedded or etcd).
+#[derive(Debug, Clone)]
+pub struct UpshiftStore(pub upshift_store::SharedStore);
+
+impl UpshiftStore {
+    /// Wraps a shared store.
+    pub fn shared(store: upshift_store::SharedStore) -> SharedKv {
+        Arc::new(Self(store))
+    }
+}
+
+fn unavailable(e: upshift_store::StoreError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl KvStore for UpshiftStore {
+    async fn list(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, u64), StoreError> {
+        let (kvs, rev) = self.0.list(prefix).await.map_err(unavailable)?;
+        Ok((kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(), rev))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, StoreError> {
+        let txn = upshift_store::Txn::new().then(upshift_store::Op::put(key, value));
+        Ok(self.0.txn(txn).await.map_err(unavailable)?.revision)
+    }
+
+    async fn delete(&self, key: &str) -> Result<u64, StoreError> {
+        let txn = upshift_store::Txn::new().then(upshift_store::Op::delete(key));
+        Ok(self.0.txn(txn).await.map_err(unavailable)?.revision)
+    }
+
+    async fn watch(&self, prefix: &str, from: u64) -> Result<ChangeStream, StoreError> {
+        let s = self
+            .0
+            .watch(prefix, Some(from))
+            .await
+            .map_err(unavailable)?;
+        Ok(Box::pin(s.map(|e| {
+            e.map_err(unavailable).map(|e| match e {
+                upshift_store::WatchEvent::Put(kv) => (kv.key, Some(kv.value), kv.mod_revision),
+                upshift_store::WatchEvent::Delete { key, revision } => (key, None, revision),
+            })
+        })))
+    }
 }
