@@ -1,0 +1,7 @@
+//! `upshift-agent`: the on-host update agent (see `../shared/DESIGN.md` section 5).
+//!
+//! Built so far: configuration fragment discovery and precedence
+//! ([`config`]) and node identity ([`identity`]).
+
+pub mod config;
+pub mod identity;
