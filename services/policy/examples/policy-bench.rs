@@ -284,9 +284,9 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
         }
     }
     delays.sort_by(f64::total_cmp);
-    let (p50, p99) = (pct(&delays, 0.5) * 1000.0, pct(&delays, 0.99) * 1000.0);
+    let (c50, c99) = (pct(&delays, 0.5) * 1000.0, pct(&delays, 0.99) * 1000.0);
     println!(
-        "fleet-wide change reached {}/{streams} streams: p50 {p50:.0} ms, p99 {p99:.0} ms",
+        "fleet-wide change reached {}/{streams} streams: p50 {c50:.0} ms, p99 {c99:.0} ms",
         delays.len()
     );
     stop.cancel();
@@ -294,7 +294,7 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
     let json = serde_json::json!({
         "graph": {"rps": rps, "p99_ms": p99, "static_rps": srps, "static_p99_ms": sp99, "ratio": rps / srps, "connections": 32, "secs": secs},
         "streams": {"count": streams, "connections": conns, "rss_before_kib": rss_before, "rss_after_kib": rss_after,
-                    "bytes_per_stream": per_stream, "delivered": delays.len(), "change_p50_ms": p50, "change_p99_ms": p99},
+                    "bytes_per_stream": per_stream, "delivered": delays.len(), "change_p50_ms": c50, "change_p99_ms": c99},
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&dir)?;
