@@ -8,7 +8,7 @@
 //!
 //! Stage 1 (raw fragments) and stage 2 (merged values with their source
 //! file) are here; unknown sections/keys are errors naming file and key, all
-//! collected. Stage 3 (typed validation) is not written yet.
+//! collected. Stage 3 (typed validation) is [`crate::settings`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

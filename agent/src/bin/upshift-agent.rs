@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["config", "show"] => match upshift_agent::config::load(&root) {
+        ["config", "show"] => match upshift_agent::config::load(&root)
+            .and_then(|m| upshift_agent::settings::Settings::validate(&m, &root).map(|_| m))
+        {
             Ok(m) => {
                 print!("{}", m.show());
                 ExitCode::SUCCESS

@@ -1,0 +1,295 @@
+//! Stage 3: validated, typed settings from [`MergedInputs`].
+
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{ConfigError, MergedInputs};
+use crate::identity;
+
+/// Where hints come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintBackend {
+    Stream,
+    Cincinnati,
+}
+
+/// Reboot lock strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Grpc,
+    Fleetlock,
+    Immediate,
+}
+
+/// OS backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OsBackend {
+    RpmOstree,
+    Simulated,
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub group: String,
+    pub rollout_wariness: Option<f64>,
+    pub stream: String,
+    pub basearch: String,
+    pub platform: Option<String>,
+    pub node_uuid: Option<String>,
+    pub hint_backend: HintBackend,
+    pub policy_url: Option<String>,
+    pub cincinnati_url: Option<String>,
+    pub poll_interval: Duration,
+    pub allow_downgrade: bool,
+    pub lock_kind: LockKind,
+    pub lock_url: Option<String>,
+    pub lock_ttl: Duration,
+    pub max_postpone: Duration,
+    pub telemetry_url: Option<String>,
+    pub state_dir: PathBuf,
+    pub os_backend: OsBackend,
+    pub simulated_state_file: PathBuf,
+    pub fail_versions: Vec<String>,
+    /// Poll interval in whole seconds, never zero.
+    pub poll_secs: NonZeroU64,
+}
+
+struct V<'a> {
+    m: &'a MergedInputs,
+    errors: Vec<ConfigError>,
+}
+
+impl V<'_> {
+    fn err(&mut self, key: &str, msg: impl Into<String>) {
+        let file = self
+            .m
+            .values
+            .get(key)
+            .map(|s| s.source.clone())
+            .unwrap_or_default();
+        self.errors.push(ConfigError {
+            file,
+            key: Some(key.into()),
+            message: msg.into(),
+        });
+    }
+    fn str(&mut self, key: &str) -> Option<String> {
+        let v = self.m.values.get(key)?;
+        match v.value.as_str() {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                self.err(key, "expected a string");
+                None
+            }
+        }
+    }
+    fn dur(&mut self, key: &str, default: Duration) -> Duration {
+        match self.str(key) {
+            None => default,
+            Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+                self.err(key, format!("bad duration {s:?}: {e}"));
+                default
+            }),
+        }
+    }
+    fn choice<T: Copy>(&mut self, key: &str, opts: &[(&str, T)], default: T) -> T {
+        match self.str(key) {
+            None => default,
+            Some(s) => match opts.iter().find(|(n, _)| *n == s) {
+                Some((_, t)) => *t,
+                None => {
+                    let names: Vec<_> = opts.iter().map(|(n, _)| *n).collect();
+                    self.err(key, format!("{s:?} is not one of {names:?}"));
+                    default
+                }
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// Validates merged inputs; every problem is reported.
+    pub fn validate(m: &MergedInputs, root: &Path) -> Result<Settings, Vec<ConfigError>> {
+        let mut v = V {
+            m,
+            errors: Vec::new(),
+        };
+        let group = v.str("identity.group").unwrap_or_else(|| "default".into());
+        if identity::validate_group(&group).is_err() {
+            v.err("identity.group", "must match ^[a-zA-Z0-9.-]+$");
+        }
+        let rollout_wariness = match m.values.get("identity.rollout_wariness") {
+            None => None,
+            Some(s) => match s.value.as_float() {
+                Some(f) if (0.0..=1.0).contains(&f) => Some(f),
+                _ => {
+                    v.err(
+                        "identity.rollout_wariness",
+                        "expected a float in [0.0, 1.0]",
+                    );
+                    None
+                }
+            },
+        };
+        let allow_downgrade = match m.values.get("updates.allow_downgrade") {
+            None => false,
+            Some(s) => s.value.as_bool().unwrap_or_else(|| {
+                v.err("updates.allow_downgrade", "expected a boolean");
+                false
+            }),
+        };
+        let fail_versions = match m.values.get("os.fail_versions") {
+            None => Vec::new(),
+            Some(s) => match s.value.as_array() {
+                Some(a) if a.iter().all(|x| x.is_str()) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect(),
+                _ => {
+                    v.err("os.fail_versions", "expected an array of strings");
+                    Vec::new()
+                }
+            },
+        };
+        let poll_interval = v.dur("updates.poll_interval", Duration::from_secs(300));
+        let poll_secs = NonZeroU64::new(poll_interval.as_secs()).unwrap_or_else(|| {
+            v.err("updates.poll_interval", "must be at least 1s");
+            NonZeroU64::MIN
+        });
+        let state_dir = v
+            .str("state.state_dir")
+            .map(|s| root.join(s.trim_start_matches('/')))
+            .unwrap_or_else(|| root.join("var/lib/upshift"));
+        let simulated_state_file = v
+            .str("os.simulated_state_file")
+            .map(|s| root.join(s.trim_start_matches('/')))
+            .unwrap_or_else(|| state_dir.join("simulated-os.json"));
+        let s = Settings {
+            group,
+            rollout_wariness,
+            stream: v.str("identity.stream").unwrap_or_else(|| "stable".into()),
+            basearch: v
+                .str("identity.basearch")
+                .unwrap_or_else(|| std::env::consts::ARCH.into()),
+            platform: v.str("identity.platform"),
+            node_uuid: v.str("identity.node_uuid"),
+            hint_backend: v.choice(
+                "updates.backend",
+                &[
+                    ("stream", HintBackend::Stream),
+                    ("cincinnati", HintBackend::Cincinnati),
+                ],
+                HintBackend::Stream,
+            ),
+            policy_url: v.str("updates.policy_url"),
+            cincinnati_url: v.str("updates.cincinnati_url"),
+            poll_interval,
+            allow_downgrade,
+            lock_kind: v.choice(
+                "lock.kind",
+                &[
+                    ("grpc", LockKind::Grpc),
+                    ("fleetlock", LockKind::Fleetlock),
+                    ("immediate", LockKind::Immediate),
+                ],
+                LockKind::Immediate,
+            ),
+            lock_url: v.str("lock.url"),
+            lock_ttl: v.dur("lock.ttl", Duration::from_secs(600)),
+            max_postpone: v.dur("sessions.max_postpone", Duration::from_secs(3600)),
+            telemetry_url: v.str("telemetry.url"),
+            os_backend: v.choice(
+                "os.backend",
+                &[
+                    ("rpm-ostree", OsBackend::RpmOstree),
+                    ("simulated", OsBackend::Simulated),
+                ],
+                OsBackend::RpmOstree,
+            ),
+            state_dir,
+            simulated_state_file,
+            fail_versions,
+            poll_secs,
+        };
+        if s.lock_kind != LockKind::Immediate && s.lock_url.is_none() {
+            v.err("lock.url", "required when lock.kind is grpc or fleetlock");
+        }
+        if v.errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(v.errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Sourced, load};
+
+    fn merged(pairs: &[(&str, toml::Value)]) -> MergedInputs {
+        let mut m = MergedInputs::default();
+        for (k, v) in pairs {
+            m.values.insert(
+                (*k).into(),
+                Sourced {
+                    value: v.clone(),
+                    source: "/f.toml".into(),
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::validate(&MergedInputs::default(), Path::new("/r")).unwrap();
+        assert_eq!(s.lock_kind, LockKind::Immediate);
+        assert_eq!(s.state_dir, PathBuf::from("/r/var/lib/upshift"));
+        assert_eq!(s.poll_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_values_all_reported_with_file_and_key() {
+        let m = merged(&[
+            ("identity.group", "a b".into()),
+            ("identity.rollout_wariness", 2.0.into()),
+            ("updates.poll_interval", "soon".into()),
+            ("lock.kind", "grpc".into()),
+            ("os.backend", "zypper".into()),
+        ]);
+        let errs = Settings::validate(&m, Path::new("/")).unwrap_err();
+        let keys: Vec<_> = errs.iter().filter_map(|e| e.key.clone()).collect();
+        for k in [
+            "identity.group",
+            "identity.rollout_wariness",
+            "updates.poll_interval",
+            "lock.url",
+            "os.backend",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        assert!(
+            errs.iter()
+                .all(|e| e.key.as_deref() == Some("lock.url") || e.file == Path::new("/f.toml"))
+        );
+    }
+
+    #[test]
+    fn from_files() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("etc/upshift/agent.d");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("50.toml"),
+            "[os]\nbackend = \"simulated\"\nfail_versions = [\"2\"]\n[lock]\nkind = \"fleetlock\"\nurl = \"http://x\"\nttl = \"5m\"\n",
+        )
+        .unwrap();
+        let s = Settings::validate(&load(t.path()).unwrap(), t.path()).unwrap();
+        assert_eq!(s.os_backend, OsBackend::Simulated);
+        assert_eq!(s.fail_versions, vec!["2".to_string()]);
+        assert_eq!(s.lock_ttl, Duration::from_secs(300));
+    }
+}
