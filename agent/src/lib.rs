@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod identity;
+pub mod machine;
 pub mod settings;
