@@ -6,4 +6,5 @@
 pub mod config;
 pub mod identity;
 pub mod machine;
+pub mod persist;
 pub mod settings;

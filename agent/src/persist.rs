@@ -1,0 +1,74 @@
+//! Persistent agent state under the state directory, written atomically
+//! (temp file + fsync + rename + directory fsync).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name under the state directory.
+pub const STATE_FILE: &str = "agent-state.json";
+
+/// What survives restarts and reboots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Target staged or being finalized; compared with the booted version
+    /// after a restart.
+    pub pending_target: Option<String>,
+    /// Releases that failed staging past the retry budget.
+    pub deny_list: BTreeSet<String>,
+    /// Staging failures per release.
+    pub failure_counts: BTreeMap<String, u32>,
+    /// Whether a reboot lock is held (released in steady state).
+    pub lock_held: bool,
+}
+
+/// Path of the state file.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_FILE)
+}
+
+/// Loads the state; a missing file is the default state.
+pub fn load(state_dir: &Path) -> std::io::Result<Persisted> {
+    match std::fs::read(path(state_dir)) {
+        Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves the state atomically.
+pub fn save(state_dir: &Path, state: &Persisted) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!(".{STATE_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path(state_dir))?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("var/lib/upshift");
+        assert_eq!(load(&dir).unwrap(), Persisted::default());
+        let mut p = Persisted {
+            pending_target: Some("2".into()),
+            lock_held: true,
+            ..Default::default()
+        };
+        p.deny_list.insert("3".into());
+        p.failure_counts.insert("3".into(), 3);
+        save(&dir, &p).unwrap();
+        assert_eq!(load(&dir).unwrap(), p);
+        assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());
+    }
+}
