@@ -6,5 +6,6 @@
 pub mod config;
 pub mod identity;
 pub mod machine;
+pub mod os;
 pub mod persist;
 pub mod settings;
