@@ -3,6 +3,7 @@
 //! Built so far: configuration fragment discovery and precedence
 //! ([`config`]) and node identity ([`identity`]).
 
+pub mod cincinnati;
 pub mod config;
 pub mod identity;
 pub mod machine;
