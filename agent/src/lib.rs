@@ -5,6 +5,7 @@
 
 pub mod cincinnati;
 pub mod config;
+pub mod driver;
 pub mod identity;
 pub mod machine;
 pub mod os;

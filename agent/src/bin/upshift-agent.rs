@@ -1,4 +1,4 @@
-//! `upshift-agent` binary. So far: `[--root DIR] config show`.
+//! `upshift-agent` binary: `[--root DIR] config show | run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,11 +37,89 @@ fn main() -> ExitCode {
                 ExitCode::from(64)
             }
         },
+        ["run"] => run(&root),
         _ => usage(),
     }
 }
 
+fn run(root: &std::path::Path) -> ExitCode {
+    use upshift_agent::{config, identity, os, settings};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let s = match config::load(root).and_then(|m| settings::Settings::validate(&m, root)) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("config error: {e}");
+            }
+            return ExitCode::from(64);
+        }
+    };
+    let node_uuid = match &s.node_uuid {
+        Some(u) => u.clone(),
+        None => {
+            let mid = std::fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
+            match identity::app_specific_id(&mid, identity::ZINCATI_APP_ID) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("identity: {e} (from {}/etc/machine-id)", root.display());
+                    return ExitCode::from(78);
+                }
+            }
+        }
+    };
+    let platform = s.platform.clone().unwrap_or_else(|| {
+        std::fs::read_to_string(root.join("proc/cmdline"))
+            .ok()
+            .and_then(|c| identity::platform_from_cmdline(&c))
+            .unwrap_or_else(|| "metal".into())
+    });
+    if s.os_backend != settings::OsBackend::Simulated {
+        eprintln!("os.backend = \"rpm-ostree\" is not implemented yet; use \"simulated\"");
+        return ExitCode::from(78);
+    }
+    let sim = os::Simulated {
+        file: s.simulated_state_file.clone(),
+        fail_versions: s.fail_versions.clone(),
+        initial: os::Release {
+            version: "0".into(),
+            payload: "0".into(),
+        },
+    };
+    let ident = upshift_agent::driver::Ident {
+        node_uuid,
+        platform,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match rt.block_on(upshift_agent::driver::run(
+        &s,
+        &ident,
+        &sim,
+        &upshift_common::clock::SystemClock,
+    )) {
+        Ok(upshift_agent::driver::Exit::Rebooted) => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
+        Err(e) => {
+            eprintln!("agent: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: upshift-agent [--root DIR] config show");
+    eprintln!("usage: upshift-agent [--root DIR] (config show | run)");
     ExitCode::from(64)
 }
