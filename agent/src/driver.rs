@@ -38,6 +38,8 @@ pub enum DriverError {
 pub struct Ident {
     pub node_uuid: String,
     pub platform: String,
+    /// Dead-end notice file (`<root>/run/motd.d/85-upshift-deadend.motd`).
+    pub motd_path: Option<std::path::PathBuf>,
 }
 
 /// Longest re-check interval while waiting for gates (or the poll interval if shorter).
@@ -247,7 +249,26 @@ async fn act(
             os.reboot().await?;
             None
         }
-        Action::WriteDeadEndNotice { .. } | Action::ClearDeadEndNotice => None,
+        Action::WriteDeadEndNotice { reason } => {
+            if let Some(m) = &ident.motd_path {
+                if let Some(d) = m.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
+                std::fs::write(
+                    m,
+                    format!(
+                        "This host runs a dead-end release and will not be updated: {reason}\n"
+                    ),
+                )?;
+            }
+            None
+        }
+        Action::ClearDeadEndNotice => {
+            if let Some(m) = &ident.motd_path {
+                let _ = std::fs::remove_file(m);
+            }
+            None
+        }
     })
 }
 

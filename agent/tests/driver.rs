@@ -62,6 +62,7 @@ async fn cincinnati_and_fleetlock_update_completes() {
     let ident = Ident {
         node_uuid: "u1".into(),
         platform: "qemu".into(),
+        motd_path: Some(t.path().join("run/motd.d/85-upshift-deadend.motd")),
     };
     let os = Simulated {
         file: s.simulated_state_file.clone(),

@@ -94,7 +94,9 @@ fn run(root: &std::path::Path) -> ExitCode {
     let ident = upshift_agent::driver::Ident {
         node_uuid,
         platform,
+        motd_path: Some(root.join("run/motd.d/85-upshift-deadend.motd")),
     };
+    sd_notify("READY=1\nSTATUS=running");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,7 +113,10 @@ fn run(root: &std::path::Path) -> ExitCode {
         &sim,
         &upshift_common::clock::SystemClock,
     )) {
-        Ok(upshift_agent::driver::Exit::Rebooted) => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
+        Ok(upshift_agent::driver::Exit::Rebooted) => {
+            sd_notify("STOPPING=1\nSTATUS=rebooting");
+            ExitCode::from(os::EXIT_SIMULATED_REBOOT)
+        }
         Err(e) => {
             eprintln!("agent: {e}");
             ExitCode::from(70)
@@ -122,4 +127,21 @@ fn run(root: &std::path::Path) -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!("usage: upshift-agent [--root DIR] (config show | run)");
     ExitCode::from(64)
+}
+
+/// Sends an sd_notify message to `$NOTIFY_SOCKET` (path or `@abstract`).
+fn sd_notify(msg: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
+        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+    }
 }
