@@ -51,3 +51,4 @@ pub mod grpc;
 pub mod http_error;
 pub mod server;
 pub mod telemetry;
+pub mod window;

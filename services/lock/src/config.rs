@@ -23,11 +23,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::NaiveTime;
 use serde::Deserialize;
 use upshift_common::config::{ConfigErrors, ServerSettings};
 
-use crate::window::{Window, parse_day};
+use upshift_common::window::{Window, WindowConfig};
 
 /// Default port of the lock service.
 pub const DEFAULT_PORT: u16 = 7403;
@@ -80,22 +79,6 @@ pub struct GroupConfig {
     /// Maintenance windows; none means grants at any time.
     #[serde(default)]
     pub windows: Vec<WindowConfig>,
-}
-
-/// A raw maintenance window.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowConfig {
-    /// "Mon".."Sun"; empty means every day.
-    #[serde(default)]
-    pub days: Vec<String>,
-    /// Local "HH:MM".
-    pub start: String,
-    /// Length, e.g. "3h".
-    #[serde(with = "humantime_serde")]
-    pub length: Duration,
-    /// IANA time zone (default "UTC").
-    pub time_zone: Option<String>,
 }
 
 /// Validated group settings.
@@ -197,7 +180,7 @@ fn validate_group(key: &str, g: &GroupConfig, errors: &mut ConfigErrors) -> Grou
         .windows
         .iter()
         .enumerate()
-        .filter_map(|(i, w)| validate_window(&format!("{key}.windows[{i}]"), w, errors))
+        .filter_map(|(i, w)| w.validate(&format!("{key}.windows[{i}]"), errors))
         .collect();
     GroupSettings {
         slots: g.slots.max(1),
@@ -205,45 +188,6 @@ fn validate_group(key: &str, g: &GroupConfig, errors: &mut ConfigErrors) -> Grou
         fleetlock_ttl: g.fleetlock_ttl,
         windows,
     }
-}
-
-fn validate_window(key: &str, w: &WindowConfig, errors: &mut ConfigErrors) -> Option<Window> {
-    let before = errors.errors().len();
-    let mut days = Vec::new();
-    for d in &w.days {
-        match parse_day(d) {
-            Some(day) => days.push(day),
-            None => errors.push(
-                format!("{key}.days"),
-                format!("unknown day {d:?} (use Mon..Sun)"),
-            ),
-        }
-    }
-    let start = NaiveTime::parse_from_str(&w.start, "%H:%M")
-        .map_err(|_| errors.push(format!("{key}.start"), "must be local time \"HH:MM\""))
-        .ok();
-    if w.length.is_zero() || w.length > Duration::from_secs(7 * 86_400) {
-        errors.push(format!("{key}.length"), "must be between 1s and 7 days");
-    }
-    let tz_name = w.time_zone.as_deref().unwrap_or("UTC");
-    let time_zone = tz_name
-        .parse::<chrono_tz::Tz>()
-        .map_err(|_| {
-            errors.push(
-                format!("{key}.time_zone"),
-                format!("unknown IANA time zone {tz_name:?}"),
-            )
-        })
-        .ok();
-    if errors.errors().len() != before {
-        return None;
-    }
-    Some(Window {
-        days,
-        start: start?,
-        length: w.length,
-        time_zone: time_zone?,
-    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Lock service errors and the one place they map to HTTP and gRPC.
 
-use crate::store::StoreError;
 use http::StatusCode;
 use upshift_common::http_error::ApiError;
+use upshift_store::StoreError;
 
 use crate::semaphore::{Denied, KeepaliveError};
 

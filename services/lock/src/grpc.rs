@@ -20,7 +20,7 @@ use crate::config::GroupSettings;
 use crate::error::LockError;
 use crate::semaphore::{HolderRecord, Method, SemaphoreState};
 use crate::service::{CLIENT_ACTOR, LockService, epoch_secs};
-use crate::window;
+use upshift_common::window;
 
 mod acquire;
 

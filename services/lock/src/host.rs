@@ -13,7 +13,7 @@ use crate::fleetlock;
 use crate::grpc::{LockGrpc, SERVICE_NAMES};
 use crate::metrics::LockMetrics;
 use crate::service::LockService;
-use crate::store::SharedStore;
+use upshift_store::SharedStore;
 
 /// Errors of [`bind`].
 #[derive(Debug, thiserror::Error)]

@@ -23,8 +23,6 @@ pub mod layout;
 pub mod metrics;
 pub mod semaphore;
 pub mod service;
-pub mod store;
-pub mod window;
 
 pub use config::{LockConfig, LockSettings, StoreLayout};
 pub use error::LockError;

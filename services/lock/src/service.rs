@@ -7,18 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::{SharedStore, Txn};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use upshift_common::clock::SharedClock;
+use upshift_store::{SharedStore, Txn};
 
 use crate::config::{GroupSettings, LockSettings, valid_group_name};
 use crate::error::LockError;
 use crate::layout::{AuditRecord, audit_key};
 use crate::metrics::LockMetrics;
 use crate::semaphore::{HolderRecord, LockRequest, Outcome, SemaphoreState};
-use crate::window;
+use upshift_common::window;
 
 mod reaper;
 
@@ -261,13 +261,13 @@ impl LockService {
         if state != before {
             txn = txn
                 .when_mod_revision(key.clone(), rev)
-                .then(crate::store::Op::put(
+                .then(upshift_store::Op::put(
                     key,
                     layout.encode(&state, raw.as_deref()),
                 ));
         }
         for a in &audit {
-            txn = txn.then(crate::store::Op::put(
+            txn = txn.then(upshift_store::Op::put(
                 audit_key(a.at_ms),
                 serde_json::to_vec(a).unwrap_or_default(),
             ));

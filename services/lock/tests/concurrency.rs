@@ -17,8 +17,8 @@ use futures::StreamExt;
 use harness::Server;
 use upshift_common::clock::SystemClock;
 use upshift_lock::StoreLayout;
-use upshift_lock::store::{SharedStore, WatchEvent};
 use upshift_proto::lock::v1 as pb;
+use upshift_store::{SharedStore, WatchEvent};
 
 const CLIENTS: usize = 40;
 const ITERATIONS: usize = 4;

@@ -217,7 +217,7 @@ stores::on_each_store!(airlock_layout_takeover_on, airlock_layout_takeover);
 
 /// Taking over an Airlock deployment in place: its holders stay holders.
 async fn airlock_layout_takeover(open: stores::Opener) {
-    use upshift_lock::store::{Op, Txn};
+    use upshift_store::{Op, Txn};
     let store = open();
     let key = "com.coreos.airlock/groups/default/v1/semaphore";
     let airlock = r#"{"total_slots":2,"holders":["zz-airlock-node"],"note":"kept"}"#;

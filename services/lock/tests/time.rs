@@ -13,11 +13,11 @@ use upshift_common::auth::AdminAuth;
 use upshift_common::clock::{ScaledClock, SharedClock};
 use upshift_common::config::parse_toml;
 use upshift_common::telemetry::Metrics;
-use upshift_lock::store::SharedStore;
 use upshift_lock::{LockConfig, LockGrpc, LockMetrics, LockService};
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::acquire_response::Event;
 use upshift_proto::lock::v1::lock_service_server::LockService as _;
+use upshift_store::SharedStore;
 
 const T0: u64 = 1_795_593_600; // 2026-11-25T08:00:00Z, a Wednesday
 

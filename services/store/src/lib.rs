@@ -25,6 +25,7 @@ use futures::Stream;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod settings;
 pub mod testing;
 
 /// A lease id (etcd's i64 lease id; embedded ids are positive too).

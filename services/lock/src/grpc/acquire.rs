@@ -13,7 +13,7 @@ use super::LockGrpc;
 use crate::error::LockError;
 use crate::semaphore::{Denied, LockRequest, Method};
 use crate::service::CLIENT_ACTOR;
-use crate::window;
+use upshift_common::window;
 
 type Tx = mpsc::Sender<Result<pb::AcquireResponse, Status>>;
 

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use crate::store::WatchEvent;
 use futures::StreamExt;
 use tokio::sync::oneshot;
+use upshift_store::WatchEvent;
 
 use super::{LockService, epoch_secs};
 use crate::service::CLIENT_ACTOR;

@@ -9,10 +9,10 @@ use upshift_common::auth::AdminAuth;
 use upshift_common::clock::SharedClock;
 use upshift_common::config::{ServerSettings, parse_toml};
 use upshift_common::telemetry::Metrics;
-use upshift_lock::store::SharedStore;
 use upshift_lock::{LockConfig, LockService};
 use upshift_proto::lock::v1::lock_admin_service_client::LockAdminServiceClient;
 use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
+use upshift_store::SharedStore;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
-use upshift_lock::store::*;
+use upshift_store::*;
 
 #[derive(Debug)]
 pub struct MemStore {

@@ -10,6 +10,77 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::config::ConfigErrors;
+
+/// A maintenance window as written in TOML:
+///
+/// ```toml
+/// [[windows]]
+/// days = ["Sat", "Sun"]        # empty or absent: every day
+/// start = "22:00"              # local time
+/// length = "3h"
+/// time_zone = "Europe/Berlin"  # IANA name, default "UTC"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// "Mon".."Sun"; empty means every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local "HH:MM".
+    pub start: String,
+    /// Length, e.g. "3h".
+    #[serde(with = "humantime_serde")]
+    pub length: Duration,
+    /// IANA time zone (default "UTC").
+    pub time_zone: Option<String>,
+}
+
+impl WindowConfig {
+    /// Validates the window; every problem is pushed to `errors` under
+    /// `key` (e.g. `groups.workers.windows[0]`), and `None` is returned when
+    /// there was any.
+    pub fn validate(&self, key: &str, errors: &mut ConfigErrors) -> Option<Window> {
+        let before = errors.errors().len();
+        let mut days = Vec::new();
+        for d in &self.days {
+            match parse_day(d) {
+                Some(day) => days.push(day),
+                None => errors.push(
+                    format!("{key}.days"),
+                    format!("unknown day {d:?} (use Mon..Sun)"),
+                ),
+            }
+        }
+        let start = NaiveTime::parse_from_str(&self.start, "%H:%M")
+            .map_err(|_| errors.push(format!("{key}.start"), "must be local time \"HH:MM\""))
+            .ok();
+        if self.length.is_zero() || self.length > Duration::from_secs(7 * 86_400) {
+            errors.push(format!("{key}.length"), "must be between 1s and 7 days");
+        }
+        let tz_name = self.time_zone.as_deref().unwrap_or("UTC");
+        let time_zone = tz_name
+            .parse::<Tz>()
+            .map_err(|_| {
+                errors.push(
+                    format!("{key}.time_zone"),
+                    format!("unknown IANA time zone {tz_name:?}"),
+                )
+            })
+            .ok();
+        if errors.errors().len() != before {
+            return None;
+        }
+        Some(Window {
+            days,
+            start: start?,
+            length: self.length,
+            time_zone: time_zone?,
+        })
+    }
+}
 
 /// One validated maintenance window.
 #[derive(Debug, Clone, PartialEq, Eq)]
