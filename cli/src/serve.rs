@@ -13,12 +13,42 @@ use upshift_common::server::{BoundServer, shutdown_signal};
 use upshift_common::telemetry::{TracingOptions, init_tracing};
 
 pub mod graph;
+pub mod lock;
+pub mod policy;
 
 /// The services.
 #[derive(Debug, Subcommand)]
 pub enum ServeCommand {
     /// The graph service (default port 7401).
     Graph(graph::GraphArgs),
+    /// The policy service: Cincinnati /v1/graph and pushed update hints
+    /// (default port 7402).
+    Policy(policy::PolicyArgs),
+    /// The reboot lock service: FleetLock and gRPC (default port 7403).
+    Lock(lock::LockArgs),
+}
+
+/// Store flags of the stateful services (they override `[store]`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// Run on etcd at these endpoints (comma-separated URLs) instead of the
+    /// embedded store in the data directory.
+    #[arg(
+        long,
+        value_name = "URL,...",
+        env = "UPSHIFT_ETCD",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
+}
+
+impl StoreArgs {
+    /// Applies the flags to the file's `[store]` settings.
+    pub fn merge_into(&self, store: &mut upshift_store::settings::StoreSettings) {
+        if !self.etcd.is_empty() {
+            store.use_etcd(self.etcd.clone());
+        }
+    }
 }
 
 /// Flags every `serve` subcommand has besides the common ones.
@@ -34,6 +64,8 @@ pub struct HostArgs {
 pub fn run(command: ServeCommand) -> ExitCode {
     match command {
         ServeCommand::Graph(args) => graph::run(args),
+        ServeCommand::Policy(args) => policy::run(args),
+        ServeCommand::Lock(args) => lock::run(args),
     }
 }
 

@@ -287,6 +287,39 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// The admin credentials these settings configure: the token (inline or
+    /// read from `admin_token_file`, surrounding whitespace trimmed) and the
+    /// admin certificate names. Without either, admin calls are refused.
+    pub fn admin_auth(&self) -> Result<crate::auth::AdminAuth, ConfigErrors> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(token), _) => Some(token.trim().to_string()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) if text.trim().len() >= 16 => Some(text.trim().to_string()),
+                Ok(_) => {
+                    let mut errs = ConfigErrors::new();
+                    errs.push(
+                        "server.admin_token_file",
+                        format!("{}: token must be at least 16 characters", path.display()),
+                    );
+                    return Err(errs);
+                }
+                Err(e) => {
+                    let mut errs = ConfigErrors::new();
+                    errs.push(
+                        "server.admin_token_file",
+                        format!("{}: {e}", path.display()),
+                    );
+                    return Err(errs);
+                }
+            },
+            (None, None) => None,
+        };
+        Ok(crate::auth::AdminAuth::new(
+            token,
+            self.admin_cert_names.clone(),
+        ))
+    }
+
     /// Checks the settings, returning every problem found.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = ConfigErrors::new();

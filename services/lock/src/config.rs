@@ -7,6 +7,9 @@
 //! store_layout = "upshift"     # or "airlock"
 //! request_timeout = "5s"
 //!
+//! [store]                      # embedded (default) or etcd; see upshift_store::settings
+//! backend = "embedded"
+//!
 //! [default]                    # optional: allows any valid group name
 //! slots = 1
 //!
@@ -43,6 +46,9 @@ pub struct LockConfig {
     /// Store key layout.
     #[serde(default)]
     pub store_layout: StoreLayout,
+    /// Which store (embedded by default, or etcd).
+    #[serde(default)]
+    pub store: upshift_store::settings::StoreSettings,
     /// Deadline of one lock operation including CAS retries (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
@@ -156,6 +162,9 @@ impl LockConfig {
                 name.clone(),
                 validate_group(&format!("groups.{name}"), g, &mut errors),
             );
+        }
+        if let Err(e) = self.store.validate() {
+            errors.extend(e);
         }
         errors.into_result(LockSettings {
             base_path,

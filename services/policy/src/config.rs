@@ -27,6 +27,8 @@ pub struct PolicyConfig {
     pub keepalive_interval: Duration,
     /// Open-stream limit; beyond it new streams get `Reconnect{overload}`.
     pub max_streams: Option<usize>,
+    /// Where rollout overrides live (embedded by default, or etcd).
+    pub store: upshift_store::settings::StoreSettings,
 }
 
 impl Default for PolicyConfig {
@@ -39,6 +41,7 @@ impl Default for PolicyConfig {
             max_stream_age: Duration::from_secs(30 * 60),
             keepalive_interval: Duration::from_secs(30),
             max_streams: None,
+            store: Default::default(),
         }
     }
 }
@@ -48,6 +51,9 @@ impl PolicyConfig {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = ConfigErrors::new();
         if let Err(e) = self.server.validate() {
+            errs.extend(e);
+        }
+        if let Err(e) = self.store.validate() {
             errs.extend(e);
         }
         if let Some(url) = &self.graph_url

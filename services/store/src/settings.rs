@@ -40,7 +40,7 @@ pub enum Backend {
 }
 
 /// The `[store]` section of a service configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// Which backend.
@@ -54,7 +54,7 @@ pub struct StoreSettings {
 }
 
 /// The `[store.etcd]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdSettings {
     /// Endpoint URLs (`http://` or `https://`).
