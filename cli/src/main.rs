@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod bridge;
 mod dev;
+mod ops;
 mod serve;
 
 /// Fleet-wide, automatic and safe OS updates for image-based Linux hosts.
@@ -24,6 +26,10 @@ enum Command {
     Serve(serve::ServeCommand),
     /// Run the whole mesh locally on the bundled Fedora CoreOS metadata.
     Dev(dev::DevArgs),
+    /// Serve host-local Prometheus expositions over HTTP (default port 9598).
+    Bridge(bridge::BridgeArgs),
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(command) => serve::run(command),
         Command::Dev(args) => dev::run(args),
+        Command::Bridge(args) => bridge::run(args),
+        Command::Ops(command) => ops::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -15,6 +15,7 @@ use upshift_common::telemetry::{TracingOptions, init_tracing};
 pub mod graph;
 pub mod lock;
 pub mod policy;
+pub mod telemetry;
 
 /// The services.
 #[derive(Debug, Subcommand)]
@@ -26,6 +27,9 @@ pub enum ServeCommand {
     Policy(policy::PolicyArgs),
     /// The reboot lock service: FleetLock and gRPC (default port 7403).
     Lock(lock::LockArgs),
+    /// The telemetry service: fleet view and automatic rollout halt
+    /// (default port 7404).
+    Telemetry(telemetry::TelemetryArgs),
 }
 
 /// Store flags of the stateful services (they override `[store]`).
@@ -66,6 +70,7 @@ pub fn run(command: ServeCommand) -> ExitCode {
         ServeCommand::Graph(args) => graph::run(args),
         ServeCommand::Policy(args) => policy::run(args),
         ServeCommand::Lock(args) => lock::run(args),
+        ServeCommand::Telemetry(args) => telemetry::run(args),
     }
 }
 

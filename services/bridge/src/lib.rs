@@ -1,0 +1,1 @@
+//! The host metrics bridge (see `../shared/DESIGN.md` section 6).
