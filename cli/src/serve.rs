@@ -62,6 +62,10 @@ pub struct HostArgs {
     /// harnesses using port 0).
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
+    /// Load and validate the configuration (file, flags, env), print
+    /// "configuration OK" and exit 0 without starting (exit 64 when invalid).
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Runs a `serve` subcommand.
@@ -102,6 +106,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<BoundServer>>,
 {
+    if host.check_config {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
