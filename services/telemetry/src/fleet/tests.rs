@@ -1,0 +1,197 @@
+use std::time::UNIX_EPOCH;
+
+use upshift_proto::telemetry::v1::AgentState;
+
+use super::*;
+use crate::record::{StatusRecord, apply_status};
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+fn report(
+    fleet: &mut Fleet,
+    id: &str,
+    t: u64,
+    booted: &str,
+    target: &str,
+    state: AgentState,
+    err: &str,
+) {
+    let status = StatusRecord {
+        node_uuid: id.into(),
+        stream: "stable".into(),
+        group: "default".into(),
+        booted_version: booted.into(),
+        target_version: target.into(),
+        state: state as i32,
+        last_error_kind: err.into(),
+        ..Default::default()
+    };
+    let (rec, _) = apply_status(fleet.get(id), status, at(t));
+    fleet.put(rec);
+}
+
+fn rule() -> HaltRule {
+    HaltRule {
+        enabled: true,
+        max_failure_ratio: 0.2,
+        min_attempts: 10,
+        max_failures: None,
+        steady_within: Some(Duration::from_secs(3600)),
+    }
+}
+
+#[test]
+fn ratio_rule_needs_min_attempts() {
+    let mut f = Fleet::new();
+    for i in 0..5 {
+        report(
+            &mut f,
+            &format!("h{i}"),
+            0,
+            "1",
+            "2",
+            AgentState::Staging,
+            "",
+        );
+    }
+    report(
+        &mut f,
+        "h0",
+        1,
+        "1",
+        "2",
+        AgentState::UpdateAvailable,
+        "staging-failed",
+    );
+    report(
+        &mut f,
+        "h1",
+        1,
+        "1",
+        "2",
+        AgentState::UpdateAvailable,
+        "staging-failed",
+    );
+    // 2 of 5 failed (40%) but fewer than 10 attempts.
+    assert!(f.crossing("stable", "2", &rule(), at(2)).is_none());
+    for i in 5..10 {
+        report(
+            &mut f,
+            &format!("h{i}"),
+            3,
+            "1",
+            "2",
+            AgentState::Staging,
+            "",
+        );
+    }
+    // 2 of 10 = 20%: not above.
+    assert!(f.crossing("stable", "2", &rule(), at(4)).is_none());
+    report(
+        &mut f,
+        "h2",
+        5,
+        "1",
+        "2",
+        AgentState::UpdateAvailable,
+        "staging-failed",
+    );
+    let c = f.crossing("stable", "2", &rule(), at(6)).unwrap();
+    assert!(c.reason.contains("3 of 10"), "{}", c.reason);
+    // Re-reporting the same error does not count twice.
+    report(
+        &mut f,
+        "h2",
+        7,
+        "1",
+        "2",
+        AgentState::UpdateAvailable,
+        "staging-failed",
+    );
+    assert_eq!(f.release("stable", "2").unwrap().failed, 3);
+}
+
+#[test]
+fn overdue_attempts_count_as_failed() {
+    let mut f = Fleet::new();
+    for i in 0..10 {
+        report(
+            &mut f,
+            &format!("h{i}"),
+            0,
+            "1",
+            "2",
+            AgentState::Staged,
+            "",
+        );
+    }
+    for i in 0..7 {
+        report(&mut f, &format!("h{i}"), 60, "2", "", AgentState::Idle, "");
+    }
+    assert!(f.crossing("stable", "2", &rule(), at(3599)).is_none());
+    let c = f.crossing("stable", "2", &rule(), at(3600)).unwrap();
+    assert!(c.reason.contains("3 not steady"), "{}", c.reason);
+}
+
+#[test]
+fn absolute_rule_and_halt_record_stop_it() {
+    let mut f = Fleet::new();
+    let r = HaltRule {
+        max_failures: Some(1),
+        ..rule()
+    };
+    report(&mut f, "a", 0, "1", "2", AgentState::Staging, "x");
+    assert!(f.crossing("stable", "2", &r, at(1)).is_none());
+    report(&mut f, "b", 0, "1", "2", AgentState::Staging, "x");
+    let c = f.crossing("stable", "2", &r, at(1)).unwrap();
+    f.put_halt(HaltRecord {
+        stream: c.stream,
+        version: c.version,
+        reason: c.reason,
+        at_ms: 0,
+        paused_at_ms: None,
+        last_error: None,
+        lifted_at_ms: None,
+    });
+    assert!(f.crossing("stable", "2", &r, at(1)).is_none());
+}
+
+#[test]
+fn summary_paging_and_ageing() {
+    let mut f = Fleet::new();
+    for i in 0..25 {
+        report(
+            &mut f,
+            &format!("h{i:02}"),
+            i,
+            "1",
+            "",
+            AgentState::Idle,
+            "",
+        );
+    }
+    let stale_after = Duration::from_secs(10);
+    let s = f.summary(&pb::HostFilter::default(), at(20), stale_after);
+    assert_eq!((s.total_hosts, s.stale_hosts), (14, 11));
+    let mut after = String::new();
+    let mut seen = 0;
+    let filter = pb::HostFilter {
+        include_stale: true,
+        ..Default::default()
+    };
+    loop {
+        let (page, next) = f.page(&filter, &after, 10, at(20), stale_after);
+        seen += page.len();
+        match next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 25);
+    assert_eq!(f.seen_at_or_before(epoch_ms(at(4))).len(), 5);
+    assert_eq!(f.next_seen_after(epoch_ms(at(4))), Some(epoch_ms(at(5))));
+    f.remove("h00");
+    assert_eq!(f.oldest_seen(), Some(epoch_ms(at(1))));
+}

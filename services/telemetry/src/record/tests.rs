@@ -1,0 +1,140 @@
+use super::*;
+
+fn status(booted: &str, target: &str, state: AgentState, err: &str) -> StatusRecord {
+    StatusRecord {
+        node_uuid: "n1".into(),
+        stream: "stable".into(),
+        group: "default".into(),
+        booted_version: booted.into(),
+        target_version: target.into(),
+        state: state as i32,
+        last_error_kind: err.into(),
+        last_error: if err.is_empty() {
+            String::new()
+        } else {
+            format!("{err} happened")
+        },
+        ..Default::default()
+    }
+}
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+/// Feeds reports in order, returning the final record and all events.
+fn run(steps: &[(u64, StatusRecord)]) -> (HostRecord, Vec<AttemptEvent>) {
+    let mut rec: Option<HostRecord> = None;
+    let mut all = Vec::new();
+    for (t, s) in steps {
+        let (r, ev) = apply_status(rec.as_ref(), s.clone(), at(*t));
+        all.extend(ev);
+        rec = Some(r);
+    }
+    (rec.unwrap(), all)
+}
+
+#[test]
+fn successful_update_records_staged_to_steady() {
+    let (rec, ev) = run(&[
+        (0, status("1", "", AgentState::Idle, "")),
+        (10, status("1", "2", AgentState::UpdateAvailable, "")),
+        (20, status("1", "2", AgentState::Staging, "")),
+        (30, status("1", "2", AgentState::Staged, "")),
+        (90, status("1", "2", AgentState::Rebooting, "")),
+        (150, status("2", "", AgentState::ReportingSteady, "")),
+        (160, status("2", "", AgentState::Idle, "")),
+    ]);
+    assert_eq!(
+        ev,
+        vec![
+            AttemptEvent::Started {
+                stream: "stable".into(),
+                version: "2".into()
+            },
+            AttemptEvent::Steady {
+                stream: "stable".into(),
+                version: "2".into(),
+                staged_for: Some(Duration::from_secs(120)),
+            },
+        ]
+    );
+    assert_eq!(rec.attempts.len(), 1);
+    assert!(rec.attempts[0].steady_ms.is_some() && rec.attempts[0].failed.is_none());
+}
+
+#[test]
+fn failure_counts_once_and_retry_reopens() {
+    let (rec, ev) = run(&[
+        (0, status("1", "2", AgentState::Staging, "")),
+        (
+            5,
+            status("1", "2", AgentState::UpdateAvailable, "staging-failed"),
+        ),
+        (
+            6,
+            status("1", "2", AgentState::UpdateAvailable, "staging-failed"),
+        ),
+        (60, status("1", "2", AgentState::Staging, "staging-failed")),
+        (70, status("1", "2", AgentState::Staged, "")),
+        (80, status("2", "", AgentState::Idle, "")),
+    ]);
+    let kinds: Vec<_> = ev
+        .iter()
+        .map(|e| match e {
+            AttemptEvent::Started { .. } => "started",
+            AttemptEvent::Failed { .. } => "failed",
+            AttemptEvent::Steady { .. } => "steady",
+        })
+        .collect();
+    assert_eq!(kinds, ["started", "failed", "started", "steady"]);
+    // The host failed once on 2: it stays counted as failed.
+    assert_eq!(rec.attempts[0].failed.as_deref(), Some("staging-failed"));
+}
+
+#[test]
+fn error_without_prior_attempt_opens_and_fails() {
+    let (_, ev) = run(&[(
+        0,
+        status("1", "2", AgentState::UpdateAvailable, "download-failed"),
+    )]);
+    assert_eq!(ev.len(), 2);
+    assert!(matches!(&ev[1], AttemptEvent::Failed { kind, .. } if kind == "download-failed"));
+}
+
+#[test]
+fn attempts_are_bounded() {
+    let mut steps = Vec::new();
+    for v in 2..10u64 {
+        steps.push((
+            v * 10,
+            status(
+                &(v - 1).to_string(),
+                &v.to_string(),
+                AgentState::Staging,
+                "",
+            ),
+        ));
+    }
+    let (rec, ev) = run(&steps);
+    assert_eq!(ev.len(), 8);
+    assert_eq!(rec.attempts.len(), MAX_ATTEMPTS_PER_HOST);
+    assert_eq!(rec.attempts.last().unwrap().version, "9");
+}
+
+#[test]
+fn records_round_trip() {
+    let (rec, _) = run(&[(0, status("1", "2", AgentState::Staged, ""))]);
+    assert_eq!(HostRecord::decode(&rec.encode()).unwrap(), rec);
+    let pb = rec.status.to_pb();
+    assert_eq!(StatusRecord::from_pb(&pb), rec.status);
+}
+
+#[test]
+fn labels_and_ids() {
+    assert!(valid_label("34.20211016.3.0"));
+    assert!(!valid_label("a/b"));
+    assert!(!valid_label(""));
+    assert!(valid_node_uuid("0123abcd"));
+    assert!(!valid_node_uuid("x y"));
+}
