@@ -1,0 +1,118 @@
+//! `GET /bridge?selector=NAME`: the source's exposition, whole and unchanged,
+//! or a short text error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tokio::time::Instant;
+
+use crate::config::BridgeSettings;
+use crate::metrics::{BridgeMetrics, Rejection};
+use crate::source::{self, ScrapeRequest};
+
+/// `Content-Type` of a text exposition when nothing else is known.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Header Prometheus sends with its scrape timeout in seconds.
+const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
+
+#[derive(Debug, Clone)]
+struct Bridge {
+    settings: Arc<BridgeSettings>,
+    metrics: BridgeMetrics,
+}
+
+/// The bridge's routes (`/bridge`); the host adds `/metrics` and `/healthz`.
+pub fn router(settings: Arc<BridgeSettings>, metrics: BridgeMetrics) -> Router {
+    Router::new()
+        .route("/bridge", get(scrape).fallback(method_not_allowed))
+        .with_state(Bridge { settings, metrics })
+}
+
+async fn scrape(
+    State(bridge): State<Bridge>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut names = params
+        .iter()
+        .filter(|(k, v)| k == "selector" && !v.is_empty())
+        .map(|(_, v)| v.as_str());
+    let Some(name) = names.next() else {
+        bridge.metrics.rejected(Rejection::MissingSelector);
+        return text(StatusCode::BAD_REQUEST, "missing selector parameter\n");
+    };
+    if names.any(|other| other != name) {
+        bridge.metrics.rejected(Rejection::MissingSelector);
+        return text(StatusCode::BAD_REQUEST, "give exactly one selector\n");
+    }
+    let Some(selector) = bridge.settings.selectors.get(name) else {
+        bridge.metrics.rejected(Rejection::UnknownSelector);
+        return text(StatusCode::NOT_FOUND, "unknown selector\n");
+    };
+    let mut limits = selector.limits;
+    if let Some(scraper) = scraper_timeout(&headers) {
+        limits.total_timeout = limits.total_timeout.min(scraper);
+    }
+    let request = ScrapeRequest {
+        accept: headers.get(header::ACCEPT).cloned(),
+    };
+    let started = Instant::now();
+    match source::fetch(&selector.source, &limits, &request).await {
+        Ok(exposition) => {
+            bridge
+                .metrics
+                .served(name, exposition.body.len(), started.elapsed());
+            let content_type = selector
+                .content_type
+                .clone()
+                .or(exposition.openmetrics_type)
+                .unwrap_or(HeaderValue::from_static(TEXT_FORMAT));
+            ([(header::CONTENT_TYPE, content_type)], exposition.body).into_response()
+        }
+        Err(error) => {
+            let reason = error.reason();
+            bridge.metrics.failed(name, reason, started.elapsed());
+            let detail = error.chain();
+            tracing::warn!(selector = name, kind = selector.source.kind(), reason = reason.as_str(), error = %detail, "scrape failed");
+            let what = if reason.is_timeout() {
+                "source timed out"
+            } else {
+                "source failed"
+            };
+            text(error.status(), format!("{what}: {detail}\n"))
+        }
+    }
+}
+
+async fn method_not_allowed(State(bridge): State<Bridge>) -> Response {
+    bridge.metrics.rejected(Rejection::Method);
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// The scraper's own timeout, when it sent a usable one.
+fn scraper_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers.get(SCRAPE_TIMEOUT_HEADER)?.to_str().ok()?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
