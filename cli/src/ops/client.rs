@@ -1,0 +1,330 @@
+//! Connections to the services: URLs, TLS, the admin token, deadlines, and
+//! the errors (with their exit codes) every operator command shares.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+/// Default URL of the graph service.
+pub const DEFAULT_GRAPH_URL: &str = "http://127.0.0.1:7401";
+/// Default URL of the policy service.
+pub const DEFAULT_POLICY_URL: &str = "http://127.0.0.1:7402";
+/// Default URL of the lock service.
+pub const DEFAULT_LOCK_URL: &str = "http://127.0.0.1:7403";
+/// Default URL of the telemetry service.
+pub const DEFAULT_TELEMETRY_URL: &str = "http://127.0.0.1:7404";
+
+/// Process exit codes of the operator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The call failed (server error, not found, permission denied).
+    Failed = 1,
+    /// Usage error (flags, unreadable files).
+    Usage = 2,
+    /// A service is unreachable or not serving.
+    Unavailable = 3,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document on stdout (field names are stable).
+    Json,
+}
+
+/// Flags every operator command has (global: they may follow the
+/// subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Output format.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value_t = Format::Table,
+        env = "UPSHIFT_OUTPUT",
+        global = true
+    )]
+    pub output: Format,
+    /// Deadline of each call (connect included), e.g. 5s, 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    /// PEM CA bundle trusted for https URLs (default: the public web PKI roots).
+    #[arg(long, value_name = "FILE", env = "UPSHIFT_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --client-key).
+    #[arg(long, value_name = "FILE", env = "UPSHIFT_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", env = "UPSHIFT_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+    /// File holding the admin token (else env UPSHIFT_ADMIN_TOKEN is used).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "UPSHIFT_ADMIN_TOKEN_FILE",
+        global = true
+    )]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// No connection could be made, or the service is not serving.
+    #[error("{service} at {url} is unreachable: {reason}")]
+    Unreachable {
+        /// Which service ("graph service").
+        service: String,
+        /// Its URL.
+        url: String,
+        /// The transport error chain.
+        reason: String,
+    },
+    /// The service answered with an error.
+    #[error("{service} at {url}: {}: {message}{hint}", code_name(*.code))]
+    Call {
+        /// Which service ("graph service").
+        service: String,
+        /// Its URL.
+        url: String,
+        /// gRPC status code.
+        code: Code,
+        /// Status message.
+        message: String,
+        /// Advice for the operator (may be empty).
+        hint: &'static str,
+    },
+    /// Bad flags or an unreadable file.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl OpsError {
+    /// The exit code for this error.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Unreachable { .. } => Exit::Unavailable,
+            Self::Call { code, .. } if is_unavailable(*code) => Exit::Unavailable,
+            Self::Call { .. } => Exit::Failed,
+            Self::Usage(_) => Exit::Usage,
+        }
+    }
+}
+
+/// Whether a status code means the service could not be reached in time.
+pub fn is_unavailable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// Stable snake_case name of a gRPC status code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Resolved connection settings shared by every service connection.
+#[derive(Debug, Clone)]
+pub struct Options {
+    timeout: Duration,
+    tls: Option<TlsFiles>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Options {
+    /// Reads the CA, client certificate and admin token files once.
+    pub fn load(args: &CommonArgs) -> Result<Self, OpsError> {
+        let ca = args.ca_file.as_deref().map(read_file).transpose()?;
+        let identity = match (&args.client_cert, &args.client_key) {
+            (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(OpsError::Usage(
+                    "--client-cert and --client-key go together".into(),
+                ));
+            }
+        };
+        let token = match &args.admin_token_file {
+            Some(path) => {
+                let text = String::from_utf8(read_file(path)?).map_err(|_| {
+                    OpsError::Usage(format!("{}: the token is not UTF-8", path.display()))
+                })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(OpsError::Usage(format!(
+                        "{}: the token file is empty",
+                        path.display()
+                    )));
+                }
+                Some(token)
+            }
+            None => std::env::var("UPSHIFT_ADMIN_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
+        let tls = (ca.is_some() || identity.is_some()).then_some(TlsFiles { ca, identity });
+        Ok(Self {
+            timeout: args.timeout,
+            tls,
+            token,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, OpsError> {
+    std::fs::read(path).map_err(|e| OpsError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// A connection to one service.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Which service, for messages ("graph service").
+    pub service: String,
+    /// The URL connected to.
+    pub url: String,
+    /// The gRPC channel.
+    pub channel: Channel,
+    options: Options,
+}
+
+impl Conn {
+    /// Connects (TLS for https URLs), failing with `Unreachable` when the
+    /// service cannot be reached within the deadline.
+    pub async fn connect(service: &str, url: &str, options: &Options) -> Result<Self, OpsError> {
+        let endpoint = endpoint(service, url, options)?;
+        let service = service.to_string();
+        let channel = match tokio::time::timeout(options.timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(err)) => {
+                return Err(OpsError::Unreachable {
+                    service,
+                    url: url.to_string(),
+                    reason: error_chain(&err),
+                });
+            }
+            Err(_) => {
+                return Err(OpsError::Unreachable {
+                    service,
+                    url: url.to_string(),
+                    reason: format!("no connection within {:?}", options.timeout),
+                });
+            }
+        };
+        Ok(Self {
+            service,
+            url: url.to_string(),
+            channel,
+            options: options.clone(),
+        })
+    }
+
+    /// A request with the deadline set, and the admin token when one is
+    /// configured.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.options.timeout);
+        if let Some(token) = &self.options.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Turns a failed call into an error naming the service and URL.
+    pub fn fail(&self, status: Status) -> OpsError {
+        let hint = match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied if self.options.token.is_none() => {
+                " (no admin token given: use --admin-token-file FILE or UPSHIFT_ADMIN_TOKEN)"
+            }
+            Code::Unauthenticated | Code::PermissionDenied => {
+                " (check the admin token given with --admin-token-file or UPSHIFT_ADMIN_TOKEN)"
+            }
+            _ => "",
+        };
+        OpsError::Call {
+            service: self.service.clone(),
+            url: self.url.clone(),
+            code: status.code(),
+            message: status.message().to_string(),
+            hint,
+        }
+    }
+}
+
+fn endpoint(service: &str, url: &str, options: &Options) -> Result<Endpoint, OpsError> {
+    let usage = |reason: String| OpsError::Usage(format!("{service} URL {url:?}: {reason}"));
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Err(usage("must start with http:// or https://".into()));
+    }
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| usage(e.to_string()))?
+        .connect_timeout(options.timeout)
+        .timeout(options.timeout);
+    if https {
+        let mut tls = ClientTlsConfig::new();
+        match options.tls.as_ref() {
+            Some(files) => {
+                tls = match &files.ca {
+                    Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                    None => tls.with_webpki_roots(),
+                };
+                if let Some((cert, key)) = &files.identity {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+            }
+            None => tls = tls.with_webpki_roots(),
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| usage(error_chain(&e)))?;
+    }
+    Ok(endpoint)
+}
+
+/// An error and its sources, joined by ": ".
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
