@@ -12,12 +12,22 @@ use crate::tools::{self, Tools};
 /// Runs the named benchmark.
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("usage: cargo xtask bench <graph>");
+        bail!("usage: cargo xtask bench <graph|lock|policy> [args for the benchmark]");
     };
     let tools = Tools::provide_build_only()?;
     match name.as_str() {
         "graph" => graph(&tools),
-        other => bail!("unknown benchmark {other:?} (known: graph)"),
+        "lock" => lock(&tools, benchmark_args(args)),
+        "policy" => policy(&tools, benchmark_args(args)),
+        other => bail!("unknown benchmark {other:?} (known: graph, lock, policy)"),
+    }
+}
+
+/// The benchmark's own flags (after its name and an optional `--`).
+fn benchmark_args(args: &[String]) -> &[String] {
+    match args.get(1).map(String::as_str) {
+        Some("--") => &args[2..],
+        _ => &args[1..],
     }
 }
 
@@ -77,6 +87,61 @@ fn graph(tools: &Tools) -> Result<()> {
         "http": { "url": "/v1/graph?basearch=x86_64&stream=stable", "body_bytes": size, "wrk": load },
     });
     save("graph", &report)
+}
+
+/// `lock`: grant+release cycles on the embedded store and on a real etcd,
+/// with the raw etcd transaction rate of the same run
+/// (`services/lock/examples/lock-bench.rs`).
+fn lock(tools: &Tools, extra: &[String]) -> Result<()> {
+    let report = release_example(tools, "upshift-lock", "lock-bench", extra)?;
+    save("lock", &report)
+}
+
+/// `policy`: `/v1/graph` against a static-file ceiling, then N concurrent
+/// WatchUpdateHints streams (memory per stream, fleet-wide change delay)
+/// (`services/policy/examples/policy-bench.rs`, which writes
+/// target/bench/policy.json itself).
+fn policy(tools: &Tools, extra: &[String]) -> Result<()> {
+    tools.cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "upshift-policy",
+        "--example",
+        "policy-bench",
+    ])?;
+    let bin = tools::target_dir().join("release/examples/policy-bench");
+    // 100,000 streams need as many sockets on both ends.
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -n 1048576 2>/dev/null || ulimit -n 524288; exec "$0" "$@""#)
+        .arg(&bin)
+        .args(extra)
+        .status()
+        .context("policy-bench")?;
+    if !status.success() {
+        bail!("policy-bench exited with {status}");
+    }
+    Ok(())
+}
+
+/// Builds and runs a release example that prints its JSON report on stdout.
+fn release_example(
+    tools: &Tools,
+    package: &str,
+    example: &str,
+    extra: &[String],
+) -> Result<serde_json::Value> {
+    tools.cargo(&["build", "--release", "-p", package, "--example", example])?;
+    let bin = tools::target_dir().join("release/examples").join(example);
+    let mut cmd = Command::new(bin);
+    cmd.args(extra).stderr(Stdio::inherit());
+    tools.apply_env(&mut cmd);
+    let out = cmd.output().with_context(|| format!("running {example}"))?;
+    if !out.status.success() {
+        bail!("{example} exited with {}", out.status);
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{example} printed no JSON report"))
 }
 
 fn save(name: &str, report: &serde_json::Value) -> Result<()> {

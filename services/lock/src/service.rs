@@ -44,8 +44,26 @@ pub(crate) struct Inner {
     /// Bumped on every observed change of a record or of a queue.
     pub(crate) wake: watch::Sender<u64>,
     pub(crate) queues: Arc<Mutex<HashMap<String, VecDeque<u64>>>>,
+    /// The last record this instance wrote per group (state, its mod
+    /// revision, its bytes): the next mutation CASes against it without a
+    /// read, and falls back to a fresh read when anything but a successful
+    /// write comes of it.
+    written: Mutex<HashMap<String, Written>>,
     next_waiter: AtomicU64,
     pub(crate) shutdown: CancellationToken,
+}
+
+type Written = (SemaphoreState, u64, Vec<u8>);
+
+/// What one read-modify-CAS attempt came to.
+enum Attempt<T> {
+    /// Written, or decided on a fresh read.
+    Done(T),
+    /// Decided on this instance's last write, which may be stale: retry at
+    /// once on a fresh read.
+    Stale,
+    /// The CAS lost against another writer: retry after a backoff.
+    Conflict,
 }
 
 /// The effect of a mutation closure: a value and the audit entries to write
@@ -96,6 +114,7 @@ impl LockService {
             cache: Cache::default(),
             wake,
             queues: Arc::default(),
+            written: Mutex::default(),
             next_waiter: AtomicU64::new(1),
             shutdown,
         });
@@ -205,8 +224,9 @@ impl LockService {
         loop {
             let result = self.try_mutate(group, actor, &mut f).await;
             match result {
-                Ok(Some(value)) => return Ok(value),
-                Ok(None) => {} // CAS conflict
+                Ok(Attempt::Done(value)) => return Ok(value),
+                Ok(Attempt::Stale) => continue,
+                Ok(Attempt::Conflict) => {}
                 Err(LockError::Unavailable(e)) if tokio::time::Instant::now() >= deadline => {
                     return Err(LockError::Unavailable(e));
                 }
@@ -228,14 +248,20 @@ impl LockService {
         }
     }
 
-    /// One attempt: `Ok(None)` on a CAS conflict.
+    /// One attempt, on this instance's last write of the record when it has
+    /// one (one store round trip), else on a fresh read.
     async fn try_mutate<T>(
         &self,
         group: &str,
         actor: &str,
         f: &mut impl FnMut(&mut SemaphoreState, u64) -> Result<Effect<T>, LockError>,
-    ) -> Result<Option<T>, LockError> {
-        let (before, rev, raw) = self.load(group).await?;
+    ) -> Result<Attempt<T>, LockError> {
+        let remembered = self.written().remove(group);
+        let from_memory = remembered.is_some();
+        let (before, rev, raw) = match remembered {
+            Some((state, rev, raw)) => (state, rev, Some(raw)),
+            None => self.load(group).await?,
+        };
         let now_t = self.now();
         let now = epoch_secs(now_t);
         let mut state = before.clone();
@@ -244,7 +270,12 @@ impl LockService {
             .into_iter()
             .map(|h| self.audit_record(now_t, "lease", "release", group, &h.id, "lease expired"))
             .collect();
-        let effect = f(&mut state, now)?;
+        let effect = match f(&mut state, now) {
+            Ok(effect) => effect,
+            // A refusal must rest on the record as stored, not as remembered.
+            Err(_) if from_memory => return Ok(Attempt::Stale),
+            Err(e) => return Err(e),
+        };
         audit.extend(effect.audit.into_iter().map(|mut a| {
             if a.actor.is_empty() {
                 a.actor = actor.to_string();
@@ -252,19 +283,20 @@ impl LockService {
             a
         }));
         if state == before && audit.is_empty() {
-            return Ok(Some(effect.value));
+            if from_memory {
+                return Ok(Attempt::Stale);
+            }
+            return Ok(Attempt::Done(effect.value));
         }
         let layout = self.inner.settings.store_layout;
         let key = layout.group_key(group);
         // An unchanged record (a no-op admin call) only appends its audit entry.
         let mut txn = Txn::new();
-        if state != before {
+        let encoded = (state != before).then(|| layout.encode(&state, raw.as_deref()));
+        if let Some(bytes) = &encoded {
             txn = txn
                 .when_mod_revision(key.clone(), rev)
-                .then(upshift_store::Op::put(
-                    key,
-                    layout.encode(&state, raw.as_deref()),
-                ));
+                .then(upshift_store::Op::put(key, bytes.clone()));
         }
         for a in &audit {
             txn = txn.then(upshift_store::Op::put(
@@ -277,8 +309,24 @@ impl LockService {
             LockError::Unavailable(Some(e))
         })?;
         if !outcome.succeeded {
+            if from_memory {
+                return Ok(Attempt::Stale);
+            }
             self.inner.metrics.cas_conflict();
-            return Ok(None);
+            return Ok(Attempt::Conflict);
+        }
+        match encoded {
+            Some(bytes) => {
+                // Every put of a transaction carries its revision.
+                self.written()
+                    .insert(group.to_string(), (state.clone(), outcome.revision, bytes));
+            }
+            None => {
+                if let Some(raw) = raw {
+                    self.written()
+                        .insert(group.to_string(), (before.clone(), rev, raw));
+                }
+            }
         }
         for a in &audit {
             tracing::info!(
@@ -291,7 +339,11 @@ impl LockService {
             );
         }
         self.cache_put(group, state);
-        Ok(Some(effect.value))
+        Ok(Attempt::Done(effect.value))
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
+        self.inner.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn audit_record(

@@ -144,3 +144,61 @@ async fn hammer_three_slots(open: stores::Opener) {
 
 stores::on_each_store!(hammer_one_slot_on, hammer_one_slot);
 stores::on_each_store!(hammer_three_slots_on, hammer_three_slots);
+
+async fn pre_reboot(s: &Server, id: &str) -> u16 {
+    reqwest::Client::new()
+        .post(s.url("/v1/pre-reboot"))
+        .header("fleet-lock-protocol", "true")
+        .body(format!(
+            r#"{{"client_params":{{"id":"{id}","group":"pair"}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn steady_state(s: &Server, id: &str) -> u16 {
+    reqwest::Client::new()
+        .post(s.url("/v1/steady-state"))
+        .header("fleet-lock-protocol", "true")
+        .body(format!(
+            r#"{{"client_params":{{"id":"{id}","group":"pair"}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Each replica remembers its own last write of a record and CASes against
+/// it; a change made by the other replica in between must never let a
+/// remembered (stale) record decide an answer.
+async fn replicas_never_answer_from_a_stale_record(open: stores::Opener) {
+    let cfg = "[groups.pair]\nslots = 1\n";
+    let a = Server::start(cfg, open(), SystemClock::shared()).await;
+    let b = Server::start(cfg, open(), SystemClock::shared()).await;
+
+    // A grants node-1 and remembers the full group; B frees it.
+    assert_eq!(pre_reboot(&a, "node-1").await, 200);
+    assert_eq!(steady_state(&b, "node-1").await, 200);
+    // A's memory says "full, held by node-1": the answer must come from
+    // the stored record instead, where the slot is free.
+    assert_eq!(pre_reboot(&a, "node-2").await, 200);
+
+    // B's memory says "node-1 released"; A now holds node-2. A recursive
+    // steady-state for node-1 is fine, but node-3 must be refused by B.
+    assert_eq!(pre_reboot(&b, "node-3").await, 409);
+    // A remembers node-2 as holder; B releases it; A's "node-2 again" must
+    // write the grant again rather than answer from memory.
+    assert_eq!(steady_state(&b, "node-2").await, 200);
+    assert_eq!(pre_reboot(&a, "node-2").await, 200);
+    assert_eq!(
+        pre_reboot(&b, "node-3").await,
+        409,
+        "node-2 holds the slot again"
+    );
+}
+stores::on_each_store!(stale_memory_on, replicas_never_answer_from_a_stale_record);
