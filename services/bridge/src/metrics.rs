@@ -86,8 +86,8 @@ impl BridgeMetrics {
                 ])
                 .build(),
             bytes: meter
+                // No unit: the exporter would append a second `_bytes`.
                 .u64_counter("upshift_bridge_scrape_bytes")
-                .with_unit("By")
                 .with_description("Exposition bytes served, by selector.")
                 .build(),
             rejected: meter
