@@ -1,0 +1,1321 @@
+//! compose.yaml, the Containerfile and everything under deploy/, checked
+//! without a container engine: referenced files exist, ports agree with the
+//! services' defaults and with Prometheus, every `upshift` and
+//! `upshift-agent` command line is accepted by the real binaries with the
+//! real configuration files (container paths mapped to the repository),
+//! Prometheus config, rules and dashboard queries pass promtool, and the
+//! Grafana, collector and Kubernetes files are consistent with the rest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_yaml_ng::Value;
+use upshift_integration::bin;
+use upshift_integration::tools::{on_path, promtool_check_file};
+
+/// The Upshift services of compose.yaml and their documented default ports
+/// (README.md "Default ports"; `upshift serve <svc> --help`).
+const DEFAULT_PORTS: &[(&str, u16)] = &[
+    ("graph", 7401),
+    ("policy", 7402),
+    ("lock", 7403),
+    ("telemetry", 7404),
+    ("bridge", 9598),
+];
+
+/// Ports of the third-party services, as their images and configs define them.
+const OTHER_PORTS: &[(&str, &[u16])] = &[
+    ("etcd", &[2379, 2380]),
+    ("otel-collector", &[4317, 4318, 8888, 8889]),
+    ("prometheus", &[9090]),
+    ("grafana", &[3000]),
+];
+
+/// The image the Containerfile builds, used by every Upshift service.
+const UPSHIFT_IMAGE: &str = "localhost/upshift:dev";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn yaml(path: &Path) -> Result<Value> {
+    serde_yaml_ng::from_str(&read(path)?).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn default_port(service: &str) -> Option<u16> {
+    DEFAULT_PORTS
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, port)| *port)
+}
+
+/// One bind mount or named volume of a service.
+#[derive(Debug, Clone)]
+struct Mount {
+    /// `./relative/path` (bind) or a volume name.
+    source: String,
+    /// Path inside the container.
+    target: String,
+    read_only: bool,
+}
+
+impl Mount {
+    fn is_bind(&self) -> bool {
+        self.source.starts_with("./") || self.source.starts_with('/')
+    }
+
+    fn host_path(&self) -> PathBuf {
+        repo().join(self.source.trim_start_matches("./"))
+    }
+}
+
+/// One published port.
+#[derive(Debug, Clone)]
+struct Port {
+    host_ip: Option<String>,
+    host: u16,
+    container: u16,
+}
+
+/// What the tests need of one compose service.
+#[derive(Debug, Clone, Default)]
+struct Service {
+    name: String,
+    image: Option<String>,
+    build: Option<(String, String)>,
+    entrypoint: Vec<String>,
+    command: Vec<String>,
+    mounts: Vec<Mount>,
+    secrets: Vec<String>,
+    ports: Vec<Port>,
+    healthcheck: Vec<String>,
+    depends_on: Vec<String>,
+}
+
+fn strings(value: &Value, what: &str) -> Result<Vec<String>> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => bail!("{what}: expected strings, found {other:?}"),
+            })
+            .collect(),
+        other => bail!("{what}: expected a list (exec form), found {other:?}"),
+    }
+}
+
+fn str_of(value: &Value, what: &str) -> Result<Option<String>> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        other => bail!("{what}: expected a string, found {other:?}"),
+    }
+}
+
+/// The compose file: services plus the top-level volumes and secrets.
+#[derive(Debug)]
+struct Compose {
+    services: BTreeMap<String, Service>,
+    volumes: BTreeSet<String>,
+    secrets: BTreeMap<String, PathBuf>,
+}
+
+impl Compose {
+    fn load() -> Result<Self> {
+        let doc = yaml(&repo().join("compose.yaml"))?;
+        let mut services = BTreeMap::new();
+        let Some(Value::Mapping(map)) = doc.get("services") else {
+            bail!("compose.yaml has no services mapping");
+        };
+        for (name, body) in map {
+            let name = name.as_str().context("service name")?.to_string();
+            services.insert(name.clone(), parse_service(&name, body)?);
+        }
+        let volumes = match doc.get("volumes") {
+            Some(Value::Mapping(m)) => m
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let mut secrets = BTreeMap::new();
+        if let Some(Value::Mapping(m)) = doc.get("secrets") {
+            for (name, body) in m {
+                let name = name.as_str().context("secret name")?.to_string();
+                let file = str_of(&body["file"], &format!("secrets.{name}.file"))?
+                    .with_context(|| format!("secret {name} has no file"))?;
+                ensure!(
+                    file.starts_with("./"),
+                    "secret {name}: file {file} should be relative to the repository"
+                );
+                secrets.insert(name, repo().join(file.trim_start_matches("./")));
+            }
+        }
+        Ok(Self {
+            services,
+            volumes,
+            secrets,
+        })
+    }
+
+    /// Services whose command runs one of the workspace's binaries.
+    fn upshift_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| {
+            matches!(
+                s.command.first().map(String::as_str),
+                Some("upshift" | "upshift-agent")
+            )
+        })
+    }
+
+    fn service(&self, name: &str) -> Result<&Service> {
+        self.services
+            .get(name)
+            .with_context(|| format!("compose.yaml has no service {name}"))
+    }
+
+    /// Container path -> repository path of a service's bind mounts and secrets.
+    fn path_map(&self, service: &Service) -> Result<Vec<(String, PathBuf)>> {
+        let mut map: Vec<(String, PathBuf)> = service
+            .mounts
+            .iter()
+            .filter(|m| m.is_bind())
+            .map(|m| (m.target.clone(), m.host_path()))
+            .collect();
+        for secret in &service.secrets {
+            let file = self
+                .secrets
+                .get(secret)
+                .with_context(|| format!("{}: undeclared secret {secret}", service.name))?;
+            map.push((format!("/run/secrets/{secret}"), file.clone()));
+        }
+        // Longest container path first, so nested mounts win.
+        map.sort_by_key(|(target, _)| std::cmp::Reverse(target.len()));
+        Ok(map)
+    }
+
+    /// Every port a service listens on inside the network.
+    fn known_ports(&self, service: &str) -> Result<Vec<u16>> {
+        if let Some(port) = default_port(service) {
+            return Ok(vec![port]);
+        }
+        if let Some((_, ports)) = OTHER_PORTS.iter().find(|(name, _)| *name == service) {
+            return Ok(ports.to_vec());
+        }
+        if self.services.contains_key(service) {
+            return Ok(Vec::new());
+        }
+        bail!("{service} is not a compose service")
+    }
+
+    /// `name` and every service it depends on, transitively.
+    fn dependency_closure(&self, name: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![name.to_string()];
+        while let Some(next) = todo.pop() {
+            if let Some(service) = self.services.get(&next) {
+                for dep in &service.depends_on {
+                    if seen.insert(dep.clone()) {
+                        todo.push(dep.clone());
+                    }
+                }
+            }
+        }
+        seen
+    }
+}
+
+fn parse_service(name: &str, body: &Value) -> Result<Service> {
+    let mut service = Service {
+        name: name.to_string(),
+        image: str_of(&body["image"], &format!("{name}.image"))?,
+        entrypoint: strings(&body["entrypoint"], &format!("{name}.entrypoint"))?,
+        command: strings(&body["command"], &format!("{name}.command"))?,
+        ..Service::default()
+    };
+    if let Some(build) = body.get("build") {
+        let context = str_of(&build["context"], &format!("{name}.build.context"))?
+            .context("build.context")?;
+        let file = str_of(&build["dockerfile"], &format!("{name}.build.dockerfile"))?
+            .unwrap_or_else(|| "Dockerfile".to_string());
+        service.build = Some((context, file));
+    }
+    for volume in strings(&body["volumes"], &format!("{name}.volumes"))? {
+        let parts: Vec<&str> = volume.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [s, t] => (*s, *t, ""),
+            [s, t, m] => (*s, *t, *m),
+            _ => bail!("{name}: volume {volume:?} is not SOURCE:TARGET[:MODE]"),
+        };
+        service.mounts.push(Mount {
+            source: source.to_string(),
+            target: target.to_string(),
+            read_only: mode.split(',').any(|m| m == "ro"),
+        });
+    }
+    service.secrets = strings(&body["secrets"], &format!("{name}.secrets"))?;
+    for port in strings(&body["ports"], &format!("{name}.ports"))? {
+        let parts: Vec<&str> = port.split(':').collect();
+        let (host_ip, host, container) = match parts.as_slice() {
+            [h, c] => (None, *h, *c),
+            [ip, h, c] => (Some(ip.to_string()), *h, *c),
+            _ => bail!("{name}: port {port:?} is not [IP:]HOST:CONTAINER"),
+        };
+        service.ports.push(Port {
+            host_ip,
+            host: host.parse().with_context(|| format!("{name}: {port}"))?,
+            container: container
+                .parse()
+                .with_context(|| format!("{name}: {port}"))?,
+        });
+    }
+    if let Some(health) = body.get("healthcheck") {
+        service.healthcheck = strings(&health["test"], &format!("{name}.healthcheck.test"))?;
+    }
+    service.depends_on = match body.get("depends_on") {
+        None => Vec::new(),
+        Some(Value::Sequence(_)) => strings(&body["depends_on"], "depends_on")?,
+        Some(Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        Some(other) => bail!("{name}.depends_on: unexpected {other:?}"),
+    };
+    Ok(service)
+}
+
+/// Maps a container path to the repository path mounted there (unchanged
+/// when no mount covers it).
+fn map_path(map: &[(String, PathBuf)], path: &str) -> String {
+    for (target, host) in map {
+        if path == target {
+            return host.display().to_string();
+        }
+        if let Some(rest) = path.strip_prefix(target.as_str())
+            && rest.starts_with('/')
+        {
+            return format!("{}{rest}", host.display());
+        }
+    }
+    path.to_string()
+}
+
+/// Rewrites every string value of a TOML document that names a mounted
+/// container path.
+fn map_toml(value: &mut toml::Value, map: &[(String, PathBuf)]) {
+    match value {
+        toml::Value::String(s) => *s = map_path(map, s),
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| map_toml(v, map)),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| map_toml(v, map)),
+        _ => {}
+    }
+}
+
+/// The `--config` file of a command line, as a container path.
+fn config_arg(command: &[String]) -> Option<&str> {
+    command
+        .windows(2)
+        .find(|w| w[0] == "--config")
+        .map(|w| w[1].as_str())
+}
+
+/// A service's config file from the repository, parsed.
+fn service_config(compose: &Compose, service: &Service) -> Result<toml::Table> {
+    let path = config_arg(&service.command)
+        .with_context(|| format!("{}: command has no --config", service.name))?;
+    let host = map_path(&compose.path_map(service)?, path);
+    ensure!(
+        host != path,
+        "{}: --config {path} is not a mounted file",
+        service.name
+    );
+    read(Path::new(&host))?
+        .parse::<toml::Table>()
+        .with_context(|| format!("{}: parsing {host}", service.name))
+}
+
+/// Runs a workspace binary; returns its output.
+fn run(binary: &str, args: &[String]) -> Result<Output> {
+    let path = bin(binary)?;
+    Command::new(&path)
+        .args(args)
+        .env_remove("UPSHIFT_CONFIG")
+        .env_remove("UPSHIFT_ETCD")
+        .env_remove("UPSHIFT_LISTEN")
+        .env_remove("UPSHIFT_DATA_DIR")
+        .output()
+        .with_context(|| format!("running {}", path.display()))
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The command line of `service` with its config rewritten to repository
+/// paths (written into `dir`) and every other mounted path mapped.
+fn mapped_command(compose: &Compose, service: &Service, dir: &Path) -> Result<Vec<String>> {
+    let map = compose.path_map(service)?;
+    let mut args = Vec::new();
+    let mut iter = service.command.iter().skip(1).peekable();
+    while let Some(arg) = iter.next() {
+        if arg == "--config" {
+            let path = iter.next().context("--config without a value")?;
+            let host = map_path(&map, path);
+            let mut doc: toml::Value = read(Path::new(&host))?
+                .parse::<toml::Table>()
+                .map(toml::Value::Table)
+                .with_context(|| format!("parsing {host}"))?;
+            map_toml(&mut doc, &map);
+            let mapped = dir.join(format!("{}.toml", service.name));
+            std::fs::write(&mapped, toml::to_string(&doc)?)?;
+            args.push(arg.clone());
+            args.push(mapped.display().to_string());
+        } else {
+            args.push(map_path(&map, arg));
+        }
+    }
+    Ok(args)
+}
+
+#[test]
+fn services_use_the_image_the_containerfile_builds() -> Result<()> {
+    let compose = Compose::load()?;
+    ensure!(!compose.services.is_empty(), "no services");
+    for service in compose.services.values() {
+        ensure!(
+            service.image.is_some() || service.build.is_some(),
+            "{} has neither image nor build",
+            service.name
+        );
+        if let Some((context, file)) = &service.build {
+            let context = repo().join(context);
+            ensure!(context.is_dir(), "{}: no build context", service.name);
+            ensure!(
+                context.join(file).is_file(),
+                "{}: {file} missing in the build context",
+                service.name
+            );
+        }
+    }
+    let upshift: Vec<_> = compose.upshift_services().collect();
+    ensure!(
+        upshift.len() == DEFAULT_PORTS.len() + 3,
+        "expected every Upshift service and three agents"
+    );
+    for service in &upshift {
+        ensure!(
+            service.build == Some((".".to_string(), "Containerfile".to_string())),
+            "{} must be built from ./Containerfile",
+            service.name
+        );
+        ensure!(
+            service.image.as_deref() == Some(UPSHIFT_IMAGE),
+            "{} must use the one image {UPSHIFT_IMAGE}",
+            service.name
+        );
+    }
+
+    let containerfile = read(&repo().join("Containerfile"))?;
+    let stages: Vec<&str> = containerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    ensure!(stages.len() == 2, "multi-stage build expected: {stages:?}");
+    ensure!(
+        stages[0].contains("rust:1.95"),
+        "build stage: {}",
+        stages[0]
+    );
+    ensure!(
+        containerfile.contains("-p upshift-cli") && containerfile.contains("-p upshift-agent"),
+        "the Containerfile must build upshift and upshift-agent"
+    );
+    ensure!(
+        !containerfile.contains("PROTOC="),
+        "protoc comes from protoc-bin-vendored, not the environment"
+    );
+    for binary in ["upshift", "upshift-agent"] {
+        ensure!(
+            containerfile.contains(&format!("target/release/{binary}")),
+            "{binary} is not installed into the runtime image"
+        );
+    }
+    // COPY sources from the build context exist (and are not ignored).
+    let ignored: Vec<String> = read(&repo().join(".dockerignore"))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    ensure!(
+        ignored.iter().any(|l| l == "target"),
+        ".dockerignore must keep target/ out of the context"
+    );
+    for line in containerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from")) {
+            continue;
+        }
+        for source in &words[1..words.len() - 1] {
+            if *source == "." {
+                continue;
+            }
+            ensure!(repo().join(source).exists(), "COPY source {source} missing");
+            let top = source.split('/').next().unwrap_or_default();
+            ensure!(
+                !ignored.iter().any(|l| l == top),
+                "COPY source {source} is excluded by .dockerignore"
+            );
+        }
+    }
+    // The agent's default fragment reaches the image.
+    ensure!(
+        containerfile.contains("COPY dist/usr/lib/upshift/ /usr/lib/upshift/"),
+        "the image must carry /usr/lib/upshift/agent.d/00-defaults.toml"
+    );
+    let user = containerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .context("no USER in the runtime stage")?;
+    ensure!(
+        !user.contains("root") && !user.contains(" 0"),
+        "runtime user must not be root: {user}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mounted_files_volumes_and_dependencies_exist() -> Result<()> {
+    let compose = Compose::load()?;
+    let mut used_volumes = BTreeSet::new();
+    for service in compose.services.values() {
+        for mount in &service.mounts {
+            if mount.is_bind() {
+                ensure!(
+                    mount.source.starts_with("./"),
+                    "{}: bind source {} should be relative to the repository",
+                    service.name,
+                    mount.source
+                );
+                ensure!(
+                    mount.host_path().exists(),
+                    "{}: {} does not exist",
+                    service.name,
+                    mount.source
+                );
+                ensure!(
+                    mount.read_only,
+                    "{}: configuration mount {} should be read-only",
+                    service.name,
+                    mount.source
+                );
+            } else {
+                ensure!(
+                    compose.volumes.contains(&mount.source),
+                    "{}: volume {} is not declared",
+                    service.name,
+                    mount.source
+                );
+                used_volumes.insert(mount.source.clone());
+            }
+        }
+        for secret in &service.secrets {
+            let file = compose
+                .secrets
+                .get(secret)
+                .with_context(|| format!("{}: undeclared secret {secret}", service.name))?;
+            ensure!(file.is_file(), "secret file {} missing", file.display());
+        }
+        for dep in &service.depends_on {
+            ensure!(
+                compose.services.contains_key(dep),
+                "{} depends on unknown {dep}",
+                service.name
+            );
+        }
+        ensure!(
+            !compose
+                .dependency_closure(&service.name)
+                .contains(&service.name),
+            "{} depends on itself",
+            service.name
+        );
+    }
+    let unused: Vec<_> = compose.volumes.difference(&used_volumes).collect();
+    ensure!(unused.is_empty(), "declared but unused volumes: {unused:?}");
+    let token = read(compose.secrets.get("admin-token").context("admin-token")?)?;
+    ensure!(
+        token.trim().len() >= 16,
+        "admin tokens must be at least 16 characters"
+    );
+    Ok(())
+}
+
+/// Every `http://HOST:PORT` naming a compose service, in a TOML document.
+fn service_urls(value: &toml::Value, out: &mut Vec<String>) {
+    match value {
+        toml::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            out.push(s.clone());
+        }
+        toml::Value::Array(items) => items.iter().for_each(|v| service_urls(v, out)),
+        toml::Value::Table(t) => t.values().for_each(|v| service_urls(v, out)),
+        _ => {}
+    }
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .with_context(|| format!("{url} is not a URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .with_context(|| format!("{url} names no port"))?;
+    Ok((host.to_string(), port.parse()?))
+}
+
+/// Checks that a URL points at a compose service's port, and that `from`
+/// starts after that service.
+fn check_service_url(compose: &Compose, from: &str, url: &str) -> Result<()> {
+    let (host, port) = host_port(url)?;
+    if host == "127.0.0.1" || host == "localhost" {
+        return Ok(());
+    }
+    let ports = compose
+        .known_ports(&host)
+        .with_context(|| format!("{from}: {url}"))?;
+    ensure!(
+        ports.contains(&port),
+        "{from}: {url}: {host} listens on {ports:?}, not {port}"
+    );
+    ensure!(
+        compose.dependency_closure(from).contains(&host),
+        "{from} uses {url} but does not depend on {host}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ports_agree_with_defaults_configs_and_prometheus() -> Result<()> {
+    let compose = Compose::load()?;
+    for (name, port) in DEFAULT_PORTS {
+        let service = compose.service(name)?;
+        let config = service_config(&compose, service)?;
+        let listen = config
+            .get("server")
+            .and_then(|s| s.get("listen"))
+            .and_then(toml::Value::as_str)
+            .with_context(|| format!("{name}: [server] listen"))?;
+        ensure!(
+            listen == format!("0.0.0.0:{port}"),
+            "{name} listens on {listen}, not its default port {port}"
+        );
+        ensure!(
+            service.ports.len() == 1,
+            "{name}: one published port expected"
+        );
+        let published = &service.ports[0];
+        ensure!(
+            published.container == *port && published.host == *port,
+            "{name} publishes {}:{}, expected {port}:{port}",
+            published.host,
+            published.container
+        );
+        ensure!(
+            published.host_ip.as_deref() == Some("127.0.0.1"),
+            "{name}: publish on 127.0.0.1 only (admin APIs, a dev token)"
+        );
+        ensure!(
+            !service.healthcheck.is_empty() || *name == "bridge",
+            "{name} has no health check"
+        );
+    }
+    for service in compose.services.values() {
+        for port in &service.ports {
+            let known = compose.known_ports(&service.name)?;
+            ensure!(
+                known.contains(&port.container),
+                "{} publishes {}, which it does not listen on ({known:?})",
+                service.name,
+                port.container
+            );
+        }
+    }
+
+    // URLs inside the service configs and agent fragments point at the
+    // right service and port, and the service waits for it.
+    for service in compose.upshift_services() {
+        let map = compose.path_map(service)?;
+        for (target, host) in &map {
+            if !(target.ends_with(".toml") && host.is_file()) {
+                continue;
+            }
+            let doc: toml::Value = toml::Value::Table(read(host)?.parse::<toml::Table>()?);
+            let mut urls = Vec::new();
+            service_urls(&doc, &mut urls);
+            for url in urls {
+                check_service_url(&compose, &service.name, &url)
+                    .with_context(|| format!("in {}", host.display()))?;
+            }
+        }
+    }
+
+    // Prometheus scrapes every Upshift service on its port, the collector's
+    // exporter, and nothing that does not exist.
+    let prometheus = yaml(&repo().join("deploy/prometheus/prometheus.yml"))?;
+    let mut targets: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
+    for job in prometheus["scrape_configs"]
+        .as_sequence()
+        .context("scrape_configs")?
+    {
+        let name = job["job_name"].as_str().context("job_name")?.to_string();
+        for sc in job["static_configs"]
+            .as_sequence()
+            .context("static_configs")?
+        {
+            for target in strings(&sc["targets"], "targets")? {
+                let (host, port) = host_port(&format!("http://{target}"))?;
+                if host != "localhost" {
+                    let known = compose.known_ports(&host)?;
+                    ensure!(
+                        known.contains(&port),
+                        "job {name}: {target}: {host} listens on {known:?}"
+                    );
+                    ensure!(
+                        compose.dependency_closure("prometheus").contains(&host),
+                        "prometheus should depend on {host}"
+                    );
+                }
+                targets.entry(name.clone()).or_default().push((host, port));
+            }
+        }
+    }
+    for (name, port) in DEFAULT_PORTS {
+        let job = format!("upshift-{name}");
+        ensure!(
+            targets.get(&job) == Some(&vec![(name.to_string(), *port)]),
+            "job {job} should scrape {name}:{port}, has {:?}",
+            targets.get(&job)
+        );
+    }
+    let agent_job = prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|j| j["job_name"].as_str() == Some("upshift-agent"))
+        .context("no upshift-agent job (the agent's metrics through the bridge)")?;
+    ensure!(agent_job["metrics_path"].as_str() == Some("/bridge"));
+    let selector = strings(&agent_job["params"]["selector"], "selector")?;
+    let bridge = compose.service("bridge")?;
+    let bridge_config = service_config(&compose, bridge)?;
+    for name in &selector {
+        ensure!(
+            bridge_config
+                .get("selectors")
+                .and_then(|s| s.get(name))
+                .is_some(),
+            "selector {name} scraped but not configured in the bridge"
+        );
+    }
+    let collector = yaml(&repo().join("deploy/otel-collector/config.yaml"))?;
+    let exporter = collector["exporters"]["prometheus"]["endpoint"]
+        .as_str()
+        .context("collector prometheus exporter endpoint")?;
+    let exporter_port: u16 = exporter.rsplit_once(':').context("port")?.1.parse()?;
+    ensure!(
+        targets
+            .values()
+            .flatten()
+            .any(|t| *t == ("otel-collector".to_string(), exporter_port)),
+        "Prometheus does not scrape the collector's exporter on {exporter_port}"
+    );
+    Ok(())
+}
+
+#[test]
+fn serve_commands_pass_check_config_with_the_mounted_files() -> Result<()> {
+    let compose = Compose::load()?;
+    let dir = tempfile::tempdir()?;
+    let mut checked = 0;
+    for service in compose.upshift_services() {
+        if service.command[0] != "upshift" {
+            continue;
+        }
+        ensure!(
+            service.entrypoint.is_empty(),
+            "{}: the image has no entrypoint to override",
+            service.name
+        );
+        let mut args = mapped_command(&compose, service, dir.path())?;
+        args.push("--check-config".to_string());
+        let output = run("upshift", &args)?;
+        ensure!(
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout).contains("configuration OK"),
+            "{}: upshift {} rejected:\n{}",
+            service.name,
+            args.join(" "),
+            describe(&output)
+        );
+        checked += 1;
+    }
+    ensure!(
+        checked == DEFAULT_PORTS.len(),
+        "checked {checked} upshift services"
+    );
+
+    // The check can fail: without the path mapping the mounted metadata and
+    // token files are missing, and the services say so with exit code 64.
+    for name in ["graph", "policy"] {
+        let service = compose.service(name)?;
+        let mut args: Vec<String> = service.command[1..].to_vec();
+        let config = config_arg(&service.command).context("--config")?;
+        let host = map_path(&compose.path_map(service)?, config);
+        let position = args.iter().position(|a| a == config).context("config")?;
+        args[position] = host;
+        args.push("--check-config".to_string());
+        let output = run("upshift", &args)?;
+        ensure!(
+            output.status.code() == Some(64),
+            "{name}: unmapped container paths should be rejected:\n{}",
+            describe(&output)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn health_checks_call_the_grpc_health_service() -> Result<()> {
+    let compose = Compose::load()?;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    for service in compose.upshift_services() {
+        if service.healthcheck.is_empty() {
+            continue;
+        }
+        let port = default_port(&service.name)
+            .with_context(|| format!("{} has a health check but no port", service.name))?;
+        ensure!(
+            service.healthcheck
+                == [
+                    "CMD",
+                    "upshift",
+                    "health",
+                    &format!("http://127.0.0.1:{port}")
+                ],
+            "{}: health check should be `upshift health http://127.0.0.1:{port}`, is {:?}",
+            service.name,
+            service.healthcheck
+        );
+    }
+    // The command line parses and reports an unreachable service with the
+    // documented exit code 3 (2 would be a usage error).
+    let output = run(
+        "upshift",
+        &["health".to_string(), format!("http://127.0.0.1:{closed}")],
+    )?;
+    ensure!(
+        output.status.code() == Some(3),
+        "upshift health on a closed port: {}",
+        describe(&output)
+    );
+    let etcd = compose.service("etcd")?;
+    ensure!(
+        etcd.healthcheck.iter().any(|a| a == "endpoint")
+            && etcd.healthcheck.iter().any(|a| a == "health"),
+        "etcd needs an `etcdctl endpoint health` check"
+    );
+    for dependent in ["policy", "lock", "telemetry"] {
+        ensure!(
+            compose
+                .service(dependent)?
+                .depends_on
+                .contains(&"etcd".into()),
+            "{dependent} should wait for etcd"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn etcd_and_prometheus_flags_exist() -> Result<()> {
+    let compose = Compose::load()?;
+    for (service, binary) in [("etcd", "etcd"), ("prometheus", "prometheus")] {
+        if !on_path(binary) {
+            eprintln!("NOTICE: {binary} not on PATH; not checking the {service} flags");
+            continue;
+        }
+        let help = Command::new(binary).arg("--help").output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&help.stdout),
+            String::from_utf8_lossy(&help.stderr)
+        );
+        let command = &compose.service(service)?.command;
+        for flag in command.iter().filter(|a| a.starts_with("--")) {
+            let name = flag.split('=').next().unwrap_or_default();
+            ensure!(
+                text.contains(name),
+                "{service}: `{binary} --help` knows no {name}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The agents' fragments, as the agent merges them over the image's
+/// defaults (a root assembled like the container's file system).
+fn agent_root(compose: &Compose, service: &Service) -> Result<tempfile::TempDir> {
+    let root = tempfile::tempdir()?;
+    let defaults = repo().join("dist/usr/lib/upshift/agent.d");
+    let into = root.path().join("usr/lib/upshift/agent.d");
+    std::fs::create_dir_all(&into)?;
+    for entry in std::fs::read_dir(&defaults)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), into.join(entry.file_name()))?;
+    }
+    for (target, host) in compose.path_map(service)? {
+        if target.starts_with("/etc/upshift/agent.d/") {
+            let dest = root.path().join(target.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().context("parent")?)?;
+            std::fs::copy(&host, &dest)?;
+        }
+    }
+    Ok(root)
+}
+
+#[test]
+fn simulated_agents_have_valid_configs_and_seeds() -> Result<()> {
+    let compose = Compose::load()?;
+    let releases: serde_json::Value =
+        serde_json::from_str(&read(&repo().join("deploy/metadata/stable/releases.json"))?)?;
+    let agents: Vec<_> = compose
+        .upshift_services()
+        .filter(|s| s.command[0] == "upshift-agent")
+        .collect();
+    ensure!(agents.len() == 3, "three simulated agents expected");
+    let mut uuids = BTreeSet::new();
+    for agent in agents {
+        ensure!(
+            agent.command == ["upshift-agent", "--root", "/", "run"],
+            "{}: command {:?}",
+            agent.name,
+            agent.command
+        );
+        // The entrypoint seeds the booted release, then execs the command.
+        let map = compose.path_map(agent)?;
+        let script = agent.entrypoint.last().context("entrypoint")?;
+        let script = map_path(&map, script);
+        let text = read(Path::new(&script))?;
+        ensure!(
+            text.contains("exec \"$@\""),
+            "{script} must exec the command"
+        );
+        let seed = map_path(&map, "/etc/upshift/simulated-os.seed.json");
+        let seed: serde_json::Value = serde_json::from_str(&read(Path::new(&seed))?)
+            .with_context(|| format!("{}: seed", agent.name))?;
+        let version = seed["booted"]["version"].as_str().context("version")?;
+        let payload = seed["booted"]["payload"].as_str().context("payload")?;
+        let release = releases["releases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["version"] == version)
+            .with_context(|| format!("{}: {version} is not in releases.json", agent.name))?;
+        ensure!(
+            release["commits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["architecture"] == "x86_64" && c["checksum"] == payload),
+            "{}: payload of {version} does not match releases.json",
+            agent.name
+        );
+
+        // The agent accepts the merged configuration.
+        let root = agent_root(&compose, agent)?;
+        let args = vec![
+            "--root".to_string(),
+            root.path().display().to_string(),
+            "config".to_string(),
+            "show".to_string(),
+        ];
+        let output = run("upshift-agent", &args)?;
+        ensure!(
+            output.status.success(),
+            "{}: upshift-agent config show:\n{}",
+            agent.name,
+            describe(&output)
+        );
+        let shown = String::from_utf8_lossy(&output.stdout);
+        let value = |key: &str| -> Option<String> {
+            shown.lines().find_map(|l| {
+                l.strip_prefix(&format!("{key} = "))
+                    .map(|v| v.split("  #").next().unwrap_or_default().to_string())
+            })
+        };
+        ensure!(
+            value("os.backend").as_deref() == Some("\"simulated\""),
+            "{}: not on the simulated backend:\n{shown}",
+            agent.name
+        );
+        let uuid = value("identity.node_uuid").with_context(|| {
+            format!(
+                "{}: no node_uuid (containers have no machine-id)",
+                agent.name
+            )
+        })?;
+        ensure!(uuids.insert(uuid), "{}: node_uuid reused", agent.name);
+        for key in [
+            "updates.policy_url",
+            "updates.cincinnati_url",
+            "lock.url",
+            "telemetry.url",
+        ] {
+            if let Some(url) = value(key) {
+                check_service_url(&compose, &agent.name, url.trim_matches('"'))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn prometheus_config_and_rules_pass_promtool() -> Result<()> {
+    let config = repo().join("deploy/prometheus/prometheus.yml");
+    let rules = repo().join("deploy/prometheus/rules/upshift.yaml");
+    let text = read(&rules)?;
+    ensure!(
+        text.contains("upshift_telemetry_halts"),
+        "no alert on automatic halts"
+    );
+    ensure!(
+        text.contains("up{job=~\"upshift-.*\"} == 0"),
+        "no alert on services down"
+    );
+    let doc = yaml(&rules)?;
+    let mut alerts = 0;
+    for group in doc["groups"].as_sequence().context("groups")? {
+        for rule in group["rules"].as_sequence().context("rules")? {
+            if rule.get("alert").is_some() {
+                alerts += 1;
+                ensure!(
+                    rule["labels"]["severity"].as_str().is_some(),
+                    "alert without severity: {rule:?}"
+                );
+                ensure!(
+                    rule["annotations"]["summary"].as_str().is_some(),
+                    "alert without summary: {rule:?}"
+                );
+            }
+        }
+    }
+    ensure!(alerts >= 5, "only {alerts} alerts");
+    let prometheus = yaml(&config)?;
+    ensure!(
+        strings(&prometheus["rule_files"], "rule_files")? == ["rules/*.yaml"],
+        "rule files are loaded relative to the mounted config directory"
+    );
+    if !promtool_check_file("config", &config)? {
+        eprintln!("NOTICE: promtool absent: Prometheus config and rules parsed as YAML only");
+        return Ok(());
+    }
+    promtool_check_file("rules", &rules)?;
+    let tests = repo().join("deploy/prometheus/tests/upshift.test.yaml");
+    let output = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "promtool test rules:\n{}",
+        describe(&output)
+    );
+    Ok(())
+}
+
+/// Every `expr` of a dashboard panel, with Grafana's variables replaced.
+fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((title.clone(), expr.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn grafana_dashboard_uses_the_provisioned_datasource_and_valid_queries() -> Result<()> {
+    let compose = Compose::load()?;
+    let grafana = compose.service("grafana")?;
+    let map = compose.path_map(grafana)?;
+    let datasources = yaml(Path::new(&map_path(
+        &map,
+        "/etc/grafana/provisioning/datasources/prometheus.yaml",
+    )))?;
+    let source = &datasources["datasources"][0];
+    let uid = source["uid"].as_str().context("datasource uid")?;
+    ensure!(source["type"].as_str() == Some("prometheus"));
+    let url = source["url"].as_str().context("datasource url")?;
+    check_service_url(&compose, "grafana", url)?;
+
+    let providers = yaml(Path::new(&map_path(
+        &map,
+        "/etc/grafana/provisioning/dashboards/upshift.yaml",
+    )))?;
+    let path = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .context("dashboard provider path")?;
+    let dashboards = PathBuf::from(map_path(&map, path));
+    ensure!(
+        dashboards.is_dir() && dashboards.starts_with(repo()),
+        "provider path {path} is not a mounted directory"
+    );
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dashboards)? {
+        let path = entry?.path();
+        let dashboard: serde_json::Value = serde_json::from_str(&read(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        found += 1;
+        ensure!(dashboard["uid"].as_str().is_some(), "dashboard without uid");
+        let mut ids = BTreeSet::new();
+        for panel in dashboard["panels"].as_array().context("panels")? {
+            ensure!(
+                ids.insert(panel["id"].as_u64().context("panel id")?),
+                "duplicate panel id"
+            );
+            if panel["type"] == "row" {
+                continue;
+            }
+            ensure!(
+                panel["datasource"]["uid"].as_str() == Some(uid),
+                "panel {} does not use datasource {uid}",
+                panel["title"]
+            );
+            for target in panel["targets"].as_array().context("targets")? {
+                ensure!(
+                    target["datasource"]["uid"].as_str() == Some(uid),
+                    "a target of {} does not use datasource {uid}",
+                    panel["title"]
+                );
+            }
+        }
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            ensure!(
+                variable["datasource"]["uid"].as_str() == Some(uid),
+                "variable {} does not use datasource {uid}",
+                variable["name"]
+            );
+        }
+        let exprs = dashboard_exprs(&dashboard);
+        // The topics the dashboard exists for.
+        for (topic, metric) in [
+            ("fleet by version", "upshift_telemetry_hosts"),
+            ("rollout throttle", "upshift_policy_rollout_throttle"),
+            ("halts", "upshift_telemetry_halts"),
+            ("lock holders", "upshift_lock_holders"),
+            ("errors", "upshift_grpc_server_requests_total"),
+        ] {
+            ensure!(
+                exprs.iter().any(|(_, e)| e.contains(metric)),
+                "no panel shows {topic} ({metric})"
+            );
+        }
+        // Each query is valid PromQL: promtool checks them as recording rules.
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, (_, expr)) in exprs.iter().enumerate() {
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$stream", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{i}\n        expr: {}\n",
+                serde_json::to_string(&expr)?
+            ));
+        }
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+        std::fs::write(file.path(), rules)?;
+        promtool_check_file("rules", file.path())
+            .with_context(|| format!("queries of {}", path.display()))?;
+    }
+    ensure!(found >= 1, "no dashboard in {}", dashboards.display());
+    Ok(())
+}
+
+/// `upshift_*` metric names in a text (PromQL, rules, dashboards).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(found) = text[i..].find("upshift_") {
+        let start = i + found;
+        let boundary = start == 0 || {
+            let c = bytes[start - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
+        };
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end] == b'_'
+                || bytes[end].is_ascii_digit())
+        {
+            end += 1;
+        }
+        if boundary {
+            names.insert(text[start..end].trim_end_matches('_').to_string());
+        }
+        i = end.max(start + 1);
+    }
+    names
+}
+
+fn rust_sources(dir: &Path, out: &mut String) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_sources(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&read(&path)?);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn alerts_and_dashboards_name_metrics_the_code_exports() -> Result<()> {
+    let mut sources = String::new();
+    for dir in ["services", "agent/src"] {
+        rust_sources(&repo().join(dir), &mut sources)?;
+    }
+    let mut text = read(&repo().join("deploy/prometheus/rules/upshift.yaml"))?;
+    for entry in std::fs::read_dir(repo().join("deploy/grafana/dashboards"))? {
+        text.push_str(&read(&entry?.path())?);
+    }
+    let names = metric_names(&text);
+    ensure!(names.len() >= 15, "few metrics found: {names:?}");
+    let mut missing = Vec::new();
+    for name in &names {
+        // Exposition suffixes the exporter adds to the instrument's name.
+        let mut base = name.as_str();
+        for suffix in ["_bucket", "_sum", "_count", "_total"] {
+            base = base.strip_suffix(suffix).unwrap_or(base);
+        }
+        let unitless = base.strip_suffix("_seconds").unwrap_or(base);
+        let candidates = [
+            format!("\"{base}\""),
+            format!("\"{unitless}\""),
+            // Instruments named with dots and the server kind as a parameter.
+            format!(
+                "\"{}\"",
+                unitless
+                    .replacen("upshift_http_server_", "upshift.{prefix}.server.", 1)
+                    .replacen("upshift_grpc_server_", "upshift.{prefix}.server.", 1)
+            ),
+            // Hand-written expositions (the agent) write the full name.
+            format!("\"{name}\""),
+            format!("\"{name}{{"),
+        ];
+        if !candidates.iter().any(|c| sources.contains(c.as_str())) {
+            missing.push(name.clone());
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "rules/dashboards name metrics no code exports: {missing:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn collector_receives_otlp_and_exports_to_prometheus() -> Result<()> {
+    let compose = Compose::load()?;
+    let collector = compose.service("otel-collector")?;
+    let map = compose.path_map(collector)?;
+    let config_path = collector
+        .command
+        .iter()
+        .find_map(|a| a.strip_prefix("--config="))
+        .context("collector --config")?;
+    let config = yaml(Path::new(&map_path(&map, config_path)))?;
+    let grpc = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        .as_str()
+        .context("OTLP gRPC receiver")?;
+    ensure!(grpc.ends_with(":4317"), "OTLP gRPC on {grpc}");
+    ensure!(
+        config["exporters"]["prometheus"].is_mapping(),
+        "no prometheus exporter"
+    );
+    // Pipelines use only defined components, and traces reach Prometheus.
+    let defined = |kind: &str, name: &str| {
+        config[kind]
+            .as_mapping()
+            .is_some_and(|m| m.contains_key(Value::String(name.to_string())))
+    };
+    let pipelines = config["service"]["pipelines"]
+        .as_mapping()
+        .context("pipelines")?;
+    ensure!(pipelines.contains_key(Value::String("traces".into())));
+    for (name, pipeline) in pipelines {
+        for (field, kinds) in [
+            ("receivers", &["receivers", "connectors"][..]),
+            ("processors", &["processors"][..]),
+            ("exporters", &["exporters", "connectors"][..]),
+        ] {
+            for component in strings(&pipeline[field], field)? {
+                ensure!(
+                    kinds.iter().any(|k| defined(k, &component)),
+                    "pipeline {name:?}: {field} {component} is not defined"
+                );
+            }
+        }
+    }
+    // Every Upshift service exports its spans to that receiver.
+    for (name, _) in DEFAULT_PORTS {
+        let service = compose.service(name)?;
+        let config = service_config(&compose, service)?;
+        let endpoint = config
+            .get("server")
+            .and_then(|s| s.get("otlp_endpoint"))
+            .and_then(toml::Value::as_str)
+            .with_context(|| format!("{name}: no server.otlp_endpoint"));
+        match endpoint {
+            Ok(endpoint) => {
+                ensure!(
+                    endpoint == "http://otel-collector:4317",
+                    "{name}: {endpoint}"
+                );
+                check_service_url(&compose, name, endpoint)?;
+            }
+            // The bridge serves HTTP only and exports no spans.
+            Err(_) if *name == "bridge" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
