@@ -41,13 +41,13 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "cincinnati_url",
             "poll_interval",
             "allow_downgrade",
+            "windows",
         ],
     ),
     ("lock", &["kind", "url", "ttl"]),
-    ("windows", &["days", "start", "length", "time_zone"]),
-    ("sessions", &["max_postpone"]),
-    ("telemetry", &["url"]),
-    ("state", &["state_dir"]),
+    ("sessions", &["max_postpone", "message"]),
+    ("telemetry", &["url", "interval"]),
+    ("state", &["state_dir", "run_dir"]),
     ("os", &["backend", "simulated_state_file", "fail_versions"]),
 ];
 

@@ -1,36 +1,53 @@
-//! The run loop: drives [`crate::machine`] with the simulated OS backend,
-//! Cincinnati polling and the immediate or FleetLock gate.
+//! The run loop: drives the pure [`crate::machine`] with an OS backend, the
+//! hint source ([`crate::hints`]), the composed gates ([`gates`]) and local
+//! control commands, and publishes a [`Status`].
+//!
+//! One run lasts from process start (or simulated boot) to a reboot or
+//! cancellation. The parts that outlive a run (status channel, command
+//! queue, clock) are a [`Runtime`].
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::Duration;
+use std::time::SystemTime;
 
-use upshift_common::clock::Clock;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use upshift_common::clock::{Clock, SharedClock};
 
-use crate::cincinnati::{Choice, Query, choose};
+use crate::hints::{self, Hint, HintSource, NodeView};
+use crate::lock::RebootLock;
 use crate::machine::{Action, Event, State, transition};
-use crate::os::{OsBackend, Release, Simulated};
+use crate::net::Rng;
+use crate::os::{OsBackend, Release};
 use crate::persist::{self, Persisted};
-use crate::settings::{LockKind, Settings};
+use crate::settings::Settings;
+use crate::status::{ErrorKind, LastError, Status, state_name};
+
+mod gates;
+
+pub use gates::error_chain;
+
+pub use gates::GATE_RETRY;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     /// The OS was rebooted (simulated: exit with `EXIT_SIMULATED_REBOOT`).
     Rebooted,
+    /// The cancellation token fired.
+    Cancelled,
 }
 
 /// Run-loop errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("state file: {0}")]
+    #[error("state file")]
     Persist(#[from] std::io::Error),
-    #[error("os: {0}")]
+    #[error("os backend")]
     Os(#[from] crate::os::OsError),
-    #[error("illegal transition: {0}")]
+    #[error("state machine")]
     Transition(#[from] crate::machine::TransitionError),
-    #[error("configuration: {0}")]
-    Config(String),
+    #[error("reboot lock")]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// Agent identity values used on the wire.
@@ -42,247 +59,493 @@ pub struct Ident {
     pub motd_path: Option<std::path::PathBuf>,
 }
 
-/// Longest re-check interval while waiting for gates (or the poll interval if shorter).
-pub const GATE_RETRY: Duration = Duration::from_secs(10);
-
-fn jitter(d: Duration) -> Duration {
-    let f: f64 = rand::random_range(0.9..1.1);
-    d.mul_f64(f)
+/// A local control command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Check for an update now.
+    CheckNow,
+    /// Start no new staging or finalization until resumed (persisted).
+    Pause,
+    /// Undo `Pause`.
+    Resume,
+    /// Finalize the staged update now, skipping windows, sessions and
+    /// pause; the lock is still taken unless `force`.
+    FinalizeNow { force: bool },
 }
 
-/// Runs the agent until it reboots the (simulated) OS.
-pub async fn run(
-    settings: &Settings,
-    ident: &Ident,
-    os: &Simulated,
-    clock: &dyn Clock,
-) -> Result<Exit, DriverError> {
-    let http = reqwest::Client::new();
-    let dir = settings.state_dir.as_path();
-    let mut p = persist::load(dir)?;
-    let booted = os.booted().await?;
-    let mut targets: HashMap<String, Release> = HashMap::new();
-    let mut state = State::Start;
-    let mut event = Event::Started {
-        booted: booted.version.clone(),
-        pending_target: p.pending_target.clone(),
-    };
-    loop {
-        let now = clock.now();
-        let (next, actions) = transition(&state, &event, now)?;
-        tracing::info!(from = ?state, ?event, to = ?next, "transition");
-        state = next;
-        let mut next_event = None;
-        for a in actions {
-            if let Some(e) = act(
-                a,
-                settings,
-                ident,
-                os,
-                &http,
-                dir,
-                &mut p,
-                &mut targets,
-                clock,
-            )
-            .await?
-            {
-                next_event = Some(e);
-            }
-            if matches!(state, State::Rebooting { .. }) {
-                return Ok(Exit::Rebooted);
-            }
-        }
-        event = match next_event {
-            Some(e) => e,
-            None => match &state {
-                State::Idle | State::DeadEnd { .. } => {
-                    poll(settings, ident, os, &http, &p, &mut targets).await?
-                }
-                State::WaitingForGates { .. } => {
-                    tokio::time::sleep(jitter(settings.poll_interval.min(GATE_RETRY))).await;
-                    Event::RetryDue
-                }
-                s => return Err(DriverError::Config(format!("stuck in {s:?}"))),
-            },
-        };
-        if matches!(event, Event::NoUpdate | Event::DeadEndFound { .. }) {
-            tokio::time::sleep(jitter(settings.poll_interval)).await;
-        }
+/// A command and where its answer goes.
+#[derive(Debug)]
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Sends commands to a running agent.
+#[derive(Debug, Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Control {
+    /// Sends `command` and waits for the agent's answer.
+    pub async fn send(&self, command: Command) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { command, reply })
+            .await
+            .map_err(|_| "agent is not running".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("agent stopped before answering".into()))
     }
 }
 
-async fn poll(
-    settings: &Settings,
-    ident: &Ident,
-    os: &Simulated,
-    http: &reqwest::Client,
-    p: &Persisted,
-    targets: &mut HashMap<String, Release>,
-) -> Result<Event, DriverError> {
-    let Some(base) = &settings.cincinnati_url else {
-        return Err(DriverError::Config(
-            "updates.cincinnati_url is not set".into(),
-        ));
-    };
-    let booted = os.booted().await?;
-    let q = Query {
-        basearch: settings.basearch.clone(),
-        stream: settings.stream.clone(),
-        rollout_wariness: settings.rollout_wariness,
-        node_uuid: ident.node_uuid.clone(),
-        os_version: booted.version.clone(),
-        os_checksum: booted.payload.clone(),
-        group: settings.group.clone(),
-        platform: ident.platform.clone(),
-        oci: false,
-    };
-    let url = format!("{}/v1/graph", base.trim_end_matches('/'));
-    let resp = http
-        .get(&url)
-        .header("accept", "application/json")
-        .query(&q.pairs())
-        .send()
-        .await
-        .and_then(|r| r.error_for_status());
-    let body = match resp {
-        Ok(r) => r.bytes().await.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "graph poll failed");
-            return Ok(Event::NoUpdate);
-        }
-    };
-    let denied: Vec<String> = p.deny_list.iter().cloned().collect();
-    Ok(
-        match choose(&body, &booted, &denied, settings.allow_downgrade) {
-            Choice::Update(r) => {
-                let v = r.version.clone();
-                targets.insert(v.clone(), r);
-                Event::UpdateFound { target: v }
-            }
-            Choice::UpToDate => Event::NoUpdate,
-            Choice::DeadEnd { reason } => Event::DeadEndFound { reason },
-            Choice::Unknown(why) => {
-                tracing::warn!(%why, "no usable graph");
-                Event::NoUpdate
-            }
-        },
-    )
+/// What outlives one run: clock, cancellation, status and command queue.
+#[derive(Debug)]
+pub struct Runtime {
+    pub clock: SharedClock,
+    pub cancel: CancellationToken,
+    pub status: watch::Sender<Status>,
+    pub commands: mpsc::Receiver<Request>,
+    /// RNG of the hint stream's reconnect jitter (injected by tests).
+    pub rng: fn() -> Rng,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn act(
-    a: Action,
+impl Runtime {
+    /// A runtime and the control handle feeding its command queue.
+    pub fn new(clock: SharedClock, cancel: CancellationToken) -> (Runtime, Control) {
+        let (tx, rx) = mpsc::channel(16);
+        let status = watch::Sender::new(Status::starting(clock.now()));
+        (
+            Runtime {
+                clock,
+                cancel,
+                status,
+                commands: rx,
+                rng: crate::net::thread_rng,
+            },
+            Control { tx },
+        )
+    }
+}
+
+/// Runs once until the (simulated) reboot, with a private runtime.
+pub async fn run<O: OsBackend, C: Clock + Clone>(
     settings: &Settings,
     ident: &Ident,
-    os: &Simulated,
-    http: &reqwest::Client,
-    dir: &Path,
-    p: &mut Persisted,
-    targets: &mut HashMap<String, Release>,
-    clock: &dyn Clock,
-) -> Result<Option<Event>, DriverError> {
-    Ok(match a {
-        Action::ReleaseLockIfHeld => {
-            if p.lock_held {
-                if settings.lock_kind == LockKind::Fleetlock
-                    && !fleetlock(settings, ident, http, "steady-state").await
-                {
-                    return Err(DriverError::Config("fleetlock steady-state failed".into()));
-                }
-                p.lock_held = false;
+    os: &O,
+    clock: &C,
+) -> Result<Exit, DriverError> {
+    let (mut rt, _control) =
+        Runtime::new(std::sync::Arc::new(clock.clone()), CancellationToken::new());
+    run_with(settings, ident, os, &mut rt).await
+}
+
+/// Runs once until the (simulated) reboot or `rt.cancel`.
+pub async fn run_with<O: OsBackend>(
+    settings: &Settings,
+    ident: &Ident,
+    os: &O,
+    rt: &mut Runtime,
+) -> Result<Exit, DriverError> {
+    let p = persist::load(&settings.state_dir)?;
+    let booted = os.booted().await?;
+    let cancel = rt.cancel.child_token();
+    let _stop_tasks = cancel.clone().drop_guard();
+    let node = watch::Sender::new(NodeView {
+        booted: booted.clone(),
+        denied: p.deny_list.iter().cloned().collect(),
+    });
+    let hints = hints::spawn(
+        settings.clone(),
+        ident.clone(),
+        node.subscribe(),
+        rt.clock.clone(),
+        (rt.rng)(),
+        cancel.clone(),
+    );
+    let lock = RebootLock::new(settings, &ident.node_uuid)?;
+    let (updates, failures, last_error) = {
+        let s = rt.status.borrow();
+        (s.updates, s.failures, s.last_error.clone())
+    };
+    let now = rt.clock.now();
+    let mut d = Driver {
+        s: settings,
+        ident,
+        os,
+        clock: rt.clock.clone(),
+        cancel,
+        status: &rt.status,
+        commands: &mut rt.commands,
+        state: State::Start,
+        state_since: now,
+        paused: p.paused,
+        p,
+        booted,
+        hints,
+        node,
+        lock,
+        targets: HashMap::new(),
+        retry_at: None,
+        force: None,
+        postponed_since: None,
+        waiting_for: String::new(),
+        queue_position: None,
+        last_error,
+        updates,
+        failures,
+        seen_feed_errors: 0,
+    };
+    d.run().await
+}
+
+struct Driver<'a, O> {
+    s: &'a Settings,
+    ident: &'a Ident,
+    os: &'a O,
+    clock: SharedClock,
+    cancel: CancellationToken,
+    status: &'a watch::Sender<Status>,
+    commands: &'a mut mpsc::Receiver<Request>,
+    state: State,
+    state_since: SystemTime,
+    p: Persisted,
+    paused: bool,
+    booted: Release,
+    hints: HintSource,
+    node: watch::Sender<NodeView>,
+    lock: RebootLock,
+    targets: HashMap<String, Release>,
+    /// When the pending retry (staging backoff, gate re-check) is due.
+    retry_at: Option<SystemTime>,
+    /// `finalize-now` pending: `Some(force)`.
+    force: Option<bool>,
+    postponed_since: Option<SystemTime>,
+    waiting_for: String,
+    queue_position: Option<u32>,
+    last_error: Option<LastError>,
+    updates: u64,
+    failures: u64,
+    seen_feed_errors: u64,
+}
+
+impl<O: OsBackend> Driver<'_, O> {
+    async fn run(&mut self) -> Result<Exit, DriverError> {
+        let mut event = Event::Started {
+            booted: self.booted.version.clone(),
+            pending_target: self.p.pending_target.clone(),
+        };
+        loop {
+            let now = self.clock.now();
+            let (next, actions) = transition(&self.state, &event, now)?;
+            tracing::info!(
+                from = state_name(&self.state),
+                ?event,
+                to = state_name(&next),
+                "transition"
+            );
+            if state_name(&next) != state_name(&self.state) {
+                self.state_since = now;
             }
-            p.pending_target = None;
-            persist::save(dir, p)?;
-            Some(Event::SteadyReported)
-        }
-        Action::Stage { target } => {
-            let rel = match targets.get(&target) {
-                Some(r) => r.clone(),
-                None => return Ok(Some(Event::StageFailed)),
+            self.state = next;
+            self.publish();
+            let mut follow = None;
+            for a in actions {
+                if let Some(e) = self.act(a).await? {
+                    follow = Some(e);
+                }
+            }
+            self.publish();
+            if matches!(self.state, State::Rebooting { .. }) {
+                return Ok(Exit::Rebooted);
+            }
+            event = match follow {
+                Some(e) => e,
+                None => match self.wait().await {
+                    Some(e) => e,
+                    None => return Ok(Exit::Cancelled),
+                },
             };
-            match os.stage(&rel).await {
+        }
+    }
+
+    /// Waits for the next event: a hint, a due retry, lock progress or a
+    /// command. `None` when cancelled.
+    async fn wait(&mut self) -> Option<Event> {
+        loop {
+            if matches!(self.state, State::Idle | State::DeadEnd { .. })
+                && let Some(e) = self.hint_event()
+            {
+                return Some(e);
+            }
+            let deadline = self.retry_at.map(|t| self.clock.deadline_for(t));
+            let gated = matches!(self.state, State::WaitingForGates { .. });
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = sleep_until(deadline) => {
+                    self.retry_at = None;
+                    return Some(Event::RetryDue);
+                }
+                r = self.hints.feed.changed() => {
+                    if r.is_err() {
+                        // The hint task ended: only cancellation remains.
+                        self.cancel.cancelled().await;
+                        return None;
+                    }
+                    self.publish();
+                }
+                _ = self.lock.changed(), if gated => return Some(Event::RetryDue),
+                Some(req) = self.commands.recv() => {
+                    if let Some(e) = self.command(req) {
+                        return Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The event the current hint means in `Idle`/`DeadEnd`, if it changes
+    /// anything.
+    fn hint_event(&mut self) -> Option<Event> {
+        let hint = self.hints.feed.borrow().hint.clone()?;
+        let dead = matches!(self.state, State::DeadEnd { .. });
+        match hint {
+            Hint::Update(r)
+                if !self.paused
+                    && r.version != self.booted.version
+                    && !self.p.deny_list.contains(&r.version) =>
+            {
+                let target = r.version.clone();
+                self.targets.insert(target.clone(), r);
+                Some(Event::UpdateFound { target })
+            }
+            Hint::DeadEnd { reason } => match &self.state {
+                State::DeadEnd { reason: r } if *r == reason => None,
+                _ => Some(Event::DeadEndFound { reason }),
+            },
+            _ if dead => Some(Event::NoUpdate),
+            _ => None,
+        }
+    }
+
+    fn command(&mut self, req: Request) -> Option<Event> {
+        let waiting = matches!(self.state, State::WaitingForGates { .. });
+        let (answer, event) = match req.command {
+            Command::CheckNow => {
+                self.hints.poke.notify_one();
+                (Ok("update check requested".to_string()), None)
+            }
+            Command::Pause | Command::Resume => {
+                let pause = req.command == Command::Pause;
+                self.paused = pause;
+                self.p.paused = pause;
+                match persist::save(&self.s.state_dir, &self.p) {
+                    Ok(()) => {
+                        let ev = (!pause && waiting).then_some(Event::RetryDue);
+                        let word = if pause { "paused" } else { "resumed" };
+                        (Ok(format!("updates {word}")), ev)
+                    }
+                    Err(e) => (Err(format!("cannot save state: {e}")), None),
+                }
+            }
+            Command::FinalizeNow { force } => match &self.state {
+                State::Staged { .. } | State::WaitingForGates { .. } => {
+                    self.force = Some(force);
+                    let how = if force { " without the lock" } else { "" };
+                    (
+                        Ok(format!("finalizing now{how}")),
+                        waiting.then_some(Event::RetryDue),
+                    )
+                }
+                s => (
+                    Err(format!(
+                        "nothing staged to finalize (state {})",
+                        state_name(s)
+                    )),
+                    None,
+                ),
+            },
+        };
+        let _ = req.reply.send(answer);
+        self.publish();
+        event
+    }
+
+    async fn act(&mut self, a: Action) -> Result<Option<Event>, DriverError> {
+        Ok(match a {
+            Action::ReleaseLockIfHeld => Some(self.report_steady().await?),
+            Action::Stage { target } => Some(self.stage(target).await?),
+            Action::ScheduleRetry { at } => {
+                self.retry_at = Some(at);
+                None
+            }
+            Action::DenyRelease { target } => {
+                self.record_error(
+                    ErrorKind::ReleaseDenied,
+                    format!("{target} failed staging too often; denied"),
+                );
+                self.p.deny_list.insert(target);
+                self.save()?;
+                self.targets.clear();
+                self.node
+                    .send_modify(|n| n.denied = self.p.deny_list.iter().cloned().collect());
+                None
+            }
+            Action::CheckGates => Some(self.check_gates().await?),
+            Action::Finalize { .. } => match self.os.finalize().await {
                 Ok(()) => {
-                    p.pending_target = Some(target);
-                    persist::save(dir, p)?;
-                    Some(Event::StageSucceeded)
+                    self.updates += 1;
+                    Some(Event::Finalized)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "staging failed");
-                    *p.failure_counts.entry(target).or_default() += 1;
-                    persist::save(dir, p)?;
-                    Some(Event::StageFailed)
+                    self.record_error(ErrorKind::FinalizeFailed, e.to_string());
+                    self.retry_at = Some(self.clock.now() + GATE_RETRY);
+                    Some(Event::FinalizeFailed)
                 }
+            },
+            Action::Reboot => {
+                self.os.reboot().await?;
+                None
             }
-        }
-        Action::ScheduleRetry { at } => {
-            let wait = at.duration_since(clock.now()).unwrap_or_default();
-            tokio::time::sleep(wait).await;
-            Some(Event::RetryDue)
-        }
-        Action::DenyRelease { target } => {
-            p.deny_list.insert(target);
-            persist::save(dir, p)?;
-            None
-        }
-        Action::CheckGates => Some(match settings.lock_kind {
-            LockKind::Immediate => Event::GatesPassed,
-            LockKind::Fleetlock => {
-                if fleetlock(settings, ident, http, "pre-reboot").await {
-                    p.lock_held = true;
-                    persist::save(dir, p)?;
-                    Event::GatesPassed
-                } else {
-                    Event::GatesRefused
+            Action::WriteDeadEndNotice { reason } => {
+                if let Some(m) = &self.ident.motd_path {
+                    if let Some(d) = m.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
+                    std::fs::write(
+                        m,
+                        format!(
+                            "This host runs a dead-end release and will not be updated: {reason}\n"
+                        ),
+                    )?;
                 }
+                None
             }
-            LockKind::Grpc => Event::GateCheckFailed,
-        }),
-        Action::Finalize { .. } => match os.finalize().await {
-            Ok(()) => Some(Event::Finalized),
+            Action::ClearDeadEndNotice => {
+                if let Some(m) = &self.ident.motd_path {
+                    let _ = std::fs::remove_file(m);
+                }
+                None
+            }
+        })
+    }
+
+    async fn report_steady(&mut self) -> Result<Event, DriverError> {
+        if self.p.lock_held {
+            if let Err(e) = self.lock.release().await {
+                self.record_error(ErrorKind::SteadyStateFailed, e.to_string());
+                return Ok(Event::SteadyFailed);
+            }
+            self.p.lock_held = false;
+        }
+        self.p.pending_target = None;
+        self.save()?;
+        Ok(Event::SteadyReported)
+    }
+
+    async fn stage(&mut self, target: String) -> Result<Event, DriverError> {
+        let Some(rel) = self.targets.get(&target).cloned() else {
+            self.record_error(
+                ErrorKind::StagingFailed,
+                format!("no payload known for {target}"),
+            );
+            return Ok(Event::StageFailed);
+        };
+        // Already deployed (a restart during staging): no second deploy.
+        let staged = matches!(self.os.staged().await, Ok(Some(r)) if r == rel);
+        let result = if staged {
+            Ok(())
+        } else {
+            self.os.stage(&rel).await
+        };
+        match result {
+            Ok(()) => {
+                self.p.pending_target = Some(target);
+                self.save()?;
+                Ok(Event::StageSucceeded)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "finalize failed");
-                Some(Event::FinalizeFailed)
+                self.record_error(ErrorKind::StagingFailed, e.to_string());
+                *self.p.failure_counts.entry(target).or_default() += 1;
+                self.save()?;
+                Ok(Event::StageFailed)
             }
-        },
-        Action::Reboot => {
-            os.reboot().await?;
-            None
         }
-        Action::WriteDeadEndNotice { reason } => {
-            if let Some(m) = &ident.motd_path {
-                if let Some(d) = m.parent() {
-                    std::fs::create_dir_all(d)?;
-                }
-                std::fs::write(
-                    m,
-                    format!(
-                        "This host runs a dead-end release and will not be updated: {reason}\n"
-                    ),
-                )?;
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        persist::save(&self.s.state_dir, &self.p)
+    }
+
+    fn record_error(&mut self, kind: ErrorKind, message: String) {
+        tracing::warn!(kind = kind.as_str(), %message, "agent error");
+        self.failures += 1;
+        self.last_error = Some(LastError {
+            kind,
+            message,
+            at: self.clock.now(),
+        });
+    }
+
+    /// Publishes the status (and folds hint-source errors into it).
+    fn publish(&mut self) {
+        let feed = self.hints.feed.borrow().clone();
+        if feed.errors > self.seen_feed_errors {
+            self.seen_feed_errors = feed.errors;
+            let msg = feed.last_error.clone().unwrap_or_default();
+            self.record_error(ErrorKind::HintsUnavailable, msg);
+        }
+        let now = self.clock.now();
+        let next_window = if self.s.windows.is_empty() {
+            None
+        } else {
+            upshift_common::window::next_open(&self.s.windows, now.into()).map(SystemTime::from)
+        };
+        let target = match &self.state {
+            State::UpdateAvailable { target }
+            | State::Staging { target, .. }
+            | State::Staged { target }
+            | State::WaitingForGates { target }
+            | State::Finalizing { target }
+            | State::Rebooting { target } => Some(target.clone()),
+            _ => None,
+        };
+        let st = Status {
+            state: state_name(&self.state),
+            state_since: self.state_since,
+            booted: self.booted.version.clone(),
+            target,
+            last_check: feed.last_check,
+            last_error: self.last_error.clone(),
+            lock_held: self.p.lock_held,
+            lock_queue_position: self.queue_position,
+            paused: self.paused,
+            waiting_for: self.waiting_for.clone(),
+            next_window,
+            dead_end: match &self.state {
+                State::DeadEnd { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            hint_stream_connected: feed.connected,
+            checks: feed.checks,
+            updates: self.updates,
+            failures: self.failures,
+            deny_list: self.p.deny_list.iter().cloned().collect(),
+        };
+        self.status.send_if_modified(|s| {
+            if *s == st {
+                false
+            } else {
+                *s = st;
+                true
             }
-            None
-        }
-        Action::ClearDeadEndNotice => {
-            if let Some(m) = &ident.motd_path {
-                let _ = std::fs::remove_file(m);
-            }
-            None
-        }
-    })
+        });
+    }
 }
 
-/// FleetLock `POST <base>/v1/<op>`; true on 200.
-async fn fleetlock(settings: &Settings, ident: &Ident, http: &reqwest::Client, op: &str) -> bool {
-    let Some(base) = &settings.lock_url else {
-        return false;
-    };
-    let body =
-        serde_json::json!({"client_params": {"id": ident.node_uuid, "group": settings.group}});
-    http.post(format!("{}/v1/{op}", base.trim_end_matches('/')))
-        .header("fleet-lock-protocol", "true")
-        .json(&body)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,13 +1,25 @@
 //! `upshift-agent`: the on-host update agent (see `../shared/DESIGN.md` section 5).
 //!
-//! Built so far: configuration fragment discovery and precedence
-//! ([`config`]) and node identity ([`identity`]).
+//! Configuration ([`config`], [`settings`]), identity ([`identity`]), the
+//! pure state machine ([`machine`]) and its driver ([`driver`]) with hints
+//! ([`hints`]), the reboot lock ([`lock`]), OS backends ([`os`]), persisted
+//! state ([`persist`]), status, metrics and control sockets ([`status`],
+//! [`local`]), telemetry reports ([`telemetry`]) and an in-process entry
+//! point for simulated fleets ([`embed`]).
 
+pub mod app;
 pub mod cincinnati;
 pub mod config;
 pub mod driver;
+pub mod embed;
+pub mod hints;
 pub mod identity;
+pub mod local;
+pub mod lock;
 pub mod machine;
+pub mod net;
 pub mod os;
 pub mod persist;
 pub mod settings;
+pub mod status;
+pub mod telemetry;

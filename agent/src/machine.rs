@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 pub const MAX_STAGE_ATTEMPTS: u32 = 3;
 /// Base staging retry backoff (doubles per attempt).
 pub const STAGE_BACKOFF: Duration = Duration::from_secs(30);
+/// Retry interval when releasing the lock at steady state fails.
+pub const STEADY_RETRY: Duration = Duration::from_secs(10);
 
 /// Agent states.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub enum Event {
     },
     /// Steady state confirmed (lock released if held).
     SteadyReported,
+    /// Releasing the lock at steady state failed (retried).
+    SteadyFailed,
     NoUpdate,
     UpdateFound {
         target: String,
@@ -120,6 +124,20 @@ pub fn transition(
             ),
         },
         (S::ReportingSteady { .. }, E::SteadyReported) => ok(S::Idle, vec![]),
+        (S::ReportingSteady { booted }, E::SteadyFailed) => ok(
+            S::ReportingSteady {
+                booted: booted.clone(),
+            },
+            vec![Action::ScheduleRetry {
+                at: now + STEADY_RETRY,
+            }],
+        ),
+        (S::ReportingSteady { booted }, E::RetryDue) => ok(
+            S::ReportingSteady {
+                booted: booted.clone(),
+            },
+            vec![Action::ReleaseLockIfHeld],
+        ),
         (S::Idle | S::DeadEnd { .. }, E::NoUpdate) => ok(S::Idle, vec![Action::ClearDeadEndNotice]),
         (S::Idle | S::DeadEnd { .. }, E::UpdateFound { target }) => ok(
             S::Staging {
@@ -272,6 +290,7 @@ mod tests {
             Event::GateCheckFailed,
             Event::Finalized,
             Event::FinalizeFailed,
+            Event::SteadyFailed,
         ]
     }
 
@@ -279,6 +298,8 @@ mod tests {
     const LEGAL: &[(usize, usize)] = &[
         (0, 0),
         (1, 1),
+        (1, 7),
+        (1, 13),
         (2, 2),
         (2, 3),
         (2, 4),
@@ -330,6 +351,25 @@ mod tests {
         let (n, a) = transition(&s, &Event::StageFailed, now).unwrap();
         assert_eq!(n, State::Idle);
         assert_eq!(a, vec![Action::DenyRelease { target: "2".into() }]);
+    }
+
+    #[test]
+    fn steady_release_retried_until_it_succeeds() {
+        let now = SystemTime::UNIX_EPOCH;
+        let s = State::ReportingSteady { booted: "2".into() };
+        let (n, a) = transition(&s, &Event::SteadyFailed, now).unwrap();
+        assert_eq!(n, s);
+        assert_eq!(
+            a,
+            vec![Action::ScheduleRetry {
+                at: now + STEADY_RETRY
+            }]
+        );
+        let (n, a) = transition(&n, &Event::RetryDue, now).unwrap();
+        assert_eq!(n, s);
+        assert_eq!(a, vec![Action::ReleaseLockIfHeld]);
+        let (n, _) = transition(&n, &Event::SteadyReported, now).unwrap();
+        assert_eq!(n, State::Idle);
     }
 
     #[test]

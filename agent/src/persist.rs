@@ -22,6 +22,9 @@ pub struct Persisted {
     pub failure_counts: BTreeMap<String, u32>,
     /// Whether a reboot lock is held (released in steady state).
     pub lock_held: bool,
+    /// Updates paused locally (`upshift-agent pause`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// Path of the state file.

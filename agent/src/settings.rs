@@ -4,6 +4,8 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use upshift_common::window::{Window, WindowConfig};
+
 use crate::config::{ConfigError, MergedInputs};
 use crate::identity;
 
@@ -46,9 +48,17 @@ pub struct Settings {
     pub lock_kind: LockKind,
     pub lock_url: Option<String>,
     pub lock_ttl: Duration,
+    /// Maintenance windows (`[[updates.windows]]`); empty: reboot any time.
+    pub windows: Vec<Window>,
     pub max_postpone: Duration,
+    /// Text written to logged-in users' terminals while a reboot is postponed.
+    pub session_message: String,
     pub telemetry_url: Option<String>,
+    /// Heartbeat of telemetry reports when nothing changes.
+    pub telemetry_interval: Duration,
     pub state_dir: PathBuf,
+    /// Directory of the metrics and control sockets (default `<root>/run/upshift`).
+    pub run_dir: PathBuf,
     pub os_backend: OsBackend,
     pub simulated_state_file: PathBuf,
     pub fail_versions: Vec<String>,
@@ -93,6 +103,35 @@ impl V<'_> {
                 default
             }),
         }
+    }
+    fn windows(&mut self, key: &str) -> Vec<Window> {
+        let Some(v) = self.m.values.get(key) else {
+            return Vec::new();
+        };
+        let Some(items) = v.value.as_array() else {
+            self.err(key, "expected an array of tables ([[updates.windows]])");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let name = format!("{key}[{i}]");
+            let parsed: Result<WindowConfig, _> = item.clone().try_into();
+            match parsed {
+                Err(e) => self.err(key, format!("{name}: {}", e.message())),
+                Ok(c) => {
+                    let mut errs = upshift_common::config::ConfigErrors::new();
+                    match c.validate(&name, &mut errs) {
+                        Some(w) => out.push(w),
+                        None => {
+                            for e in errs.errors() {
+                                self.err(key, format!("{}: {}", e.key, e.message));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
     fn choice<T: Copy>(&mut self, key: &str, opts: &[(&str, T)], default: T) -> T {
         match self.str(key) {
@@ -162,6 +201,18 @@ impl Settings {
             .str("state.state_dir")
             .map(|s| root.join(s.trim_start_matches('/')))
             .unwrap_or_else(|| root.join("var/lib/upshift"));
+        let run_dir = v
+            .str("state.run_dir")
+            .map(|s| root.join(s.trim_start_matches('/')))
+            .unwrap_or_else(|| root.join("run/upshift"));
+        let policy_url = v.str("updates.policy_url");
+        // Without an explicit backend, stream when a policy URL is given.
+        let default_backend = if policy_url.is_some() {
+            HintBackend::Stream
+        } else {
+            HintBackend::Cincinnati
+        };
+        let explicit_backend = m.values.contains_key("updates.backend");
         let simulated_state_file = v
             .str("os.simulated_state_file")
             .map(|s| root.join(s.trim_start_matches('/')))
@@ -181,9 +232,9 @@ impl Settings {
                     ("stream", HintBackend::Stream),
                     ("cincinnati", HintBackend::Cincinnati),
                 ],
-                HintBackend::Stream,
+                default_backend,
             ),
-            policy_url: v.str("updates.policy_url"),
+            policy_url,
             cincinnati_url: v.str("updates.cincinnati_url"),
             poll_interval,
             allow_downgrade,
@@ -198,8 +249,16 @@ impl Settings {
             ),
             lock_url: v.str("lock.url"),
             lock_ttl: v.dur("lock.ttl", Duration::from_secs(600)),
+            windows: v.windows("updates.windows"),
             max_postpone: v.dur("sessions.max_postpone", Duration::from_secs(3600)),
+            session_message: v.str("sessions.message").unwrap_or_else(|| {
+                "upshift-agent: an OS update is staged; this host reboots when you log out \
+                 or when the postponement limit is reached."
+                    .into()
+            }),
             telemetry_url: v.str("telemetry.url"),
+            telemetry_interval: v.dur("telemetry.interval", Duration::from_secs(60)),
+            run_dir,
             os_backend: v.choice(
                 "os.backend",
                 &[
@@ -213,6 +272,23 @@ impl Settings {
             fail_versions,
             poll_secs,
         };
+        if explicit_backend {
+            if s.hint_backend == HintBackend::Stream && s.policy_url.is_none() {
+                v.err(
+                    "updates.policy_url",
+                    "required when updates.backend = \"stream\"",
+                );
+            }
+            if s.hint_backend == HintBackend::Cincinnati && s.cincinnati_url.is_none() {
+                v.err(
+                    "updates.cincinnati_url",
+                    "required when updates.backend = \"cincinnati\"",
+                );
+            }
+        }
+        if s.telemetry_interval.is_zero() {
+            v.err("telemetry.interval", "must be at least 1s");
+        }
         if s.lock_kind != LockKind::Immediate && s.lock_url.is_none() {
             v.err("lock.url", "required when lock.kind is grpc or fleetlock");
         }

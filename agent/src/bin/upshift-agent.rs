@@ -1,7 +1,12 @@
-//! `upshift-agent` binary: `[--root DIR] config show | run`.
+//! `upshift-agent` binary: `[--root DIR] config show | run | status |
+//! check-now | pause | resume | finalize-now [--force]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use upshift_agent::{app, os, settings};
+
+const USAGE: &str = "usage: upshift-agent [--root DIR] (config show | run | status | check-now | pause | resume | finalize-now [--force])";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -17,33 +22,60 @@ fn main() -> ExitCode {
             rest.push(a);
         }
     }
-    match rest
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match words.as_slice() {
         ["config", "show"] => match upshift_agent::config::load(&root)
-            .and_then(|m| upshift_agent::settings::Settings::validate(&m, &root).map(|_| m))
+            .and_then(|m| settings::Settings::validate(&m, &root).map(|_| m))
         {
             Ok(m) => {
                 print!("{}", m.show());
                 ExitCode::SUCCESS
             }
-            Err(errs) => {
-                for e in errs {
-                    eprintln!("config error: {e}");
-                }
-                ExitCode::from(64)
-            }
+            Err(errs) => config_errors(errs),
         },
         ["run"] => run(&root),
+        ["status"]
+        | ["check-now"]
+        | ["pause"]
+        | ["resume"]
+        | ["finalize-now"]
+        | ["finalize-now", "--force"] => control(&root, &words.join(" ")),
         _ => usage(),
     }
 }
 
-fn run(root: &std::path::Path) -> ExitCode {
-    use upshift_agent::{config, identity, os, settings};
+fn config_errors(errs: Vec<upshift_agent::config::ConfigError>) -> ExitCode {
+    for e in errs {
+        eprintln!("config error: {e}");
+    }
+    ExitCode::from(64)
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            None
+        }
+    }
+}
+
+fn control(root: &Path, line: &str) -> ExitCode {
+    let s = match app::load_settings(root) {
+        Ok(s) => s,
+        Err(errs) => return config_errors(errs),
+    };
+    match runtime() {
+        Some(rt) => ExitCode::from(rt.block_on(app::control(&s, line))),
+        None => ExitCode::from(70),
+    }
+}
+
+fn run(root: &Path) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,34 +83,17 @@ fn run(root: &std::path::Path) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let s = match config::load(root).and_then(|m| settings::Settings::validate(&m, root)) {
+    let s = match app::load_settings(root) {
         Ok(s) => s,
-        Err(errs) => {
-            for e in errs {
-                eprintln!("config error: {e}");
-            }
-            return ExitCode::from(64);
+        Err(errs) => return config_errors(errs),
+    };
+    let ident = match app::load_ident(root, &s) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(78);
         }
     };
-    let node_uuid = match &s.node_uuid {
-        Some(u) => u.clone(),
-        None => {
-            let mid = std::fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
-            match identity::app_specific_id(&mid, identity::ZINCATI_APP_ID) {
-                Ok(u) => u,
-                Err(e) => {
-                    eprintln!("identity: {e} (from {}/etc/machine-id)", root.display());
-                    return ExitCode::from(78);
-                }
-            }
-        }
-    };
-    let platform = s.platform.clone().unwrap_or_else(|| {
-        std::fs::read_to_string(root.join("proc/cmdline"))
-            .ok()
-            .and_then(|c| identity::platform_from_cmdline(&c))
-            .unwrap_or_else(|| "metal".into())
-    });
     if s.os_backend != settings::OsBackend::Simulated {
         eprintln!("os.backend = \"rpm-ostree\" is not implemented yet; use \"simulated\"");
         return ExitCode::from(78);
@@ -91,41 +106,25 @@ fn run(root: &std::path::Path) -> ExitCode {
             payload: "0".into(),
         },
     };
-    let ident = upshift_agent::driver::Ident {
-        node_uuid,
-        platform,
-        motd_path: Some(root.join("run/motd.d/85-upshift-deadend.motd")),
-    };
     sd_notify("READY=1\nSTATUS=running");
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return ExitCode::from(70);
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::from(70);
     };
-    match rt.block_on(upshift_agent::driver::run(
-        &s,
-        &ident,
-        &sim,
-        &upshift_common::clock::SystemClock,
-    )) {
+    match rt.block_on(app::run_agent(&s, &ident, &sim)) {
         Ok(upshift_agent::driver::Exit::Rebooted) => {
             sd_notify("STOPPING=1\nSTATUS=rebooting");
             ExitCode::from(os::EXIT_SIMULATED_REBOOT)
         }
+        Ok(upshift_agent::driver::Exit::Cancelled) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent: {e}");
+            eprintln!("agent: {}", upshift_agent::driver::error_chain(&e));
             ExitCode::from(70)
         }
     }
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: upshift-agent [--root DIR] (config show | run)");
+    eprintln!("{USAGE}");
     ExitCode::from(64)
 }
 

@@ -1,0 +1,100 @@
+//! What the `upshift-agent` binary does, as library functions: loading the
+//! settings and identity under a root, running the agent with its sockets
+//! and telemetry, and the control subcommands.
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+use upshift_common::clock::SystemClock;
+
+use crate::config::ConfigError;
+use crate::driver::{DriverError, Exit, Ident, Runtime, run_with};
+use crate::os::OsBackend;
+use crate::settings::Settings;
+use crate::{config, identity, local};
+
+/// Loads and validates the configuration under `root`.
+pub fn load_settings(root: &Path) -> Result<Settings, Vec<ConfigError>> {
+    config::load(root).and_then(|m| Settings::validate(&m, root))
+}
+
+/// The node identity: `identity.node_uuid`, else the app-specific id of
+/// `<root>/etc/machine-id`; the platform from settings or the kernel
+/// command line (`metal` when absent).
+pub fn load_ident(root: &Path, s: &Settings) -> Result<Ident, String> {
+    let node_uuid = match &s.node_uuid {
+        Some(u) => u.clone(),
+        None => {
+            let mid = std::fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
+            identity::app_specific_id(&mid, identity::ZINCATI_APP_ID)
+                .map_err(|e| format!("identity: {e} (from {}/etc/machine-id)", root.display()))?
+        }
+    };
+    let platform = s.platform.clone().unwrap_or_else(|| {
+        std::fs::read_to_string(root.join("proc/cmdline"))
+            .ok()
+            .and_then(|c| identity::platform_from_cmdline(&c))
+            .unwrap_or_else(|| "metal".into())
+    });
+    Ok(Ident {
+        node_uuid,
+        platform,
+        motd_path: Some(root.join("run/motd.d/85-upshift-deadend.motd")),
+    })
+}
+
+/// Runs the agent on the real clock until a reboot: metrics and control
+/// sockets under `settings.run_dir`, telemetry reports when configured.
+pub async fn run_agent<O: OsBackend>(
+    settings: &Settings,
+    ident: &Ident,
+    os: &O,
+) -> Result<Exit, DriverError> {
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let (mut rt, control) = Runtime::new(SystemClock::shared(), cancel.clone());
+    let status = rt.status.subscribe();
+    if let Err(e) = local::serve(&settings.run_dir, status.clone(), control, cancel.clone()) {
+        tracing::warn!(error = %e, dir = %settings.run_dir.display(), "local sockets unavailable");
+    }
+    crate::telemetry::spawn(
+        settings,
+        ident,
+        status,
+        SystemClock::shared(),
+        crate::net::thread_rng(),
+        cancel,
+    );
+    run_with(settings, ident, os, &mut rt).await
+}
+
+/// Sends a control request line (`status`, `pause`, ...) to the running
+/// agent and prints the answer; the exit code is 0 on success, 1 when the
+/// agent refused, 69 when it cannot be reached.
+pub async fn control(settings: &Settings, line: &str) -> u8 {
+    let (_, socket) = local::paths(&settings.run_dir);
+    match local::request(&socket, line).await {
+        Ok(a) => {
+            if line == "status" {
+                if let Some(s) = &a.status {
+                    print!("{}", local::format_status(s));
+                }
+            } else if a.ok {
+                println!("{}", a.message);
+            }
+            if a.ok {
+                0
+            } else {
+                eprintln!("upshift-agent: {}", a.message);
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "upshift-agent: cannot reach the agent at {}: {e}",
+                socket.display()
+            );
+            69
+        }
+    }
+}
