@@ -81,18 +81,20 @@ where
 }
 
 async fn lock_cycles(store: SharedStore, workers: usize, secs: u64) -> Result<f64> {
-    let mut config = LockConfig::default();
-    config.groups = (0..workers)
-        .map(|w| {
-            (
-                format!("bench-{w}"),
-                GroupConfig {
-                    slots: 1,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect::<BTreeMap<_, _>>();
+    let config = LockConfig {
+        groups: (0..workers)
+            .map(|w| {
+                (
+                    format!("bench-{w}"),
+                    GroupConfig {
+                        slots: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    };
     let settings = config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = LockMetrics::new(Metrics::new("lock-bench").meter());
     let service = LockService::start(
