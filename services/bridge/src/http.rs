@@ -61,7 +61,12 @@ async fn scrape(
         limits.total_timeout = limits.total_timeout.min(scraper);
     }
     let request = ScrapeRequest {
-        accept: headers.get(header::ACCEPT).cloned(),
+        // `*/*` (curl, most clients) says nothing: the source then gets the
+        // bridge's preference for the text format.
+        accept: headers
+            .get(header::ACCEPT)
+            .filter(|v| v.as_bytes() != b"*/*")
+            .cloned(),
     };
     let started = Instant::now();
     match source::fetch(&selector.source, &limits, &request).await {
