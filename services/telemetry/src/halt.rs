@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 use upshift_proto::policy::v1 as ppb;
 use upshift_proto::policy::v1::rollout_admin_service_client::RolloutAdminServiceClient;
 use upshift_store::Txn;
@@ -75,7 +76,12 @@ impl Halter {
 
     /// Pauses the halted rollout in the policy service (once per process and
     /// halt at a time), retrying with backoff until it is accepted.
-    pub(crate) fn ensure_paused(&self, svc: &TelemetryService, halt: HaltRecord) {
+    pub(crate) fn ensure_paused(
+        &self,
+        svc: &TelemetryService,
+        halt: HaltRecord,
+        cause: tracing::Span,
+    ) {
         let Some(client) = self.client.clone() else {
             tracing::warn!(
                 key = halt.key(),
@@ -98,7 +104,7 @@ impl Halter {
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = pause_until_accepted(&svc, client, &halt) => {}
+                () = pause_until_accepted(&svc, client, &halt, &cause) => {}
             }
             running
                 .lock()
@@ -108,10 +114,16 @@ impl Halter {
     }
 }
 
-async fn pause_until_accepted(svc: &TelemetryService, mut client: PolicyClient, halt: &HaltRecord) {
+async fn pause_until_accepted(
+    svc: &TelemetryService,
+    mut client: PolicyClient,
+    halt: &HaltRecord,
+    cause: &tracing::Span,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let span = tracing::info_span!(
+            parent: cause,
             "telemetry.pause_rollout",
             stream = halt.stream,
             version = halt.version
@@ -123,7 +135,7 @@ async fn pause_until_accepted(svc: &TelemetryService, mut client: PolicyClient, 
                 reason: halt.reason.clone(),
             })
         });
-        match client.admin.pause_rollout(req).await {
+        match client.admin.pause_rollout(req).instrument(span).await {
             Ok(_) => {
                 svc.inner.metrics.pause_call("ok");
                 tracing::warn!(

@@ -206,6 +206,8 @@ impl TelemetryService {
             return;
         }
         let svc = self.clone();
+        // The pause joins the trace of the report that crossed the threshold.
+        let cause = tracing::Span::current();
         tokio::spawn(async move {
             let txn = Txn::new()
                 .when_mod_revision(key.clone(), 0)
@@ -220,7 +222,7 @@ impl TelemetryService {
                     );
                     svc.fleet().put_halt(record.clone());
                     svc.changed();
-                    svc.inner.halter.ensure_paused(&svc, record);
+                    svc.inner.halter.ensure_paused(&svc, record, cause);
                 }
                 Ok(_) => {
                     // Another replica (or an earlier run) recorded it; the follower brings it.

@@ -86,11 +86,10 @@ async fn many_agents_make_the_gauges(open: stores::Opener) {
     let s = Server::start("", open(), SystemClock::shared()).await;
     let mut agents = simulate(&s).await;
     // 10 of the staged hosts fail, 20 reach steady on 2.0.
-    for agent in agents.iter_mut().skip(450).take(10).enumerate() {
-        let (k, a) = agent;
+    for (k, a) in agents.iter_mut().enumerate().skip(450).take(10) {
         let st = status(
-            &format!("node{:04}", 450 + k),
-            &format!("g{}", (450 + k) % 5),
+            &format!("node{k:04}"),
+            &format!("g{}", k % 5),
             "1.0",
             "2.0",
             AgentState::UpdateAvailable,
@@ -98,7 +97,7 @@ async fn many_agents_make_the_gauges(open: stores::Opener) {
         );
         a.report(st).await.unwrap();
     }
-    for k in 460..480 {
+    for (k, a) in agents.iter_mut().enumerate().skip(460).take(20) {
         let st = status(
             &format!("node{k:04}"),
             &format!("g{}", k % 5),
@@ -107,7 +106,7 @@ async fn many_agents_make_the_gauges(open: stores::Opener) {
             AgentState::ReportingSteady,
             "",
         );
-        agents[k].report(st).await.unwrap();
+        a.report(st).await.unwrap();
     }
 
     let text = s.scrape().await;

@@ -120,7 +120,9 @@ fn apply_put(svc: &TelemetryService, key: &str, value: &[u8]) -> bool {
         svc.fleet().put_halt(halt.clone());
         if pending {
             // Recorded but not yet accepted by the policy (e.g. a replica died while retrying).
-            svc.inner.halter.ensure_paused(svc, halt);
+            svc.inner
+                .halter
+                .ensure_paused(svc, halt, tracing::Span::none());
         }
         changed
     } else {
