@@ -1436,7 +1436,12 @@ impl Kustomization {
     }
 }
 
-fn container_ports(container: &Value) -> Vec<(Option<String>, u16)> {
+/// Pod labels.
+type Labels = BTreeMap<String, String>;
+/// A container port and its name.
+type NamedPort = (Option<String>, u16);
+
+fn container_ports(container: &Value) -> Vec<NamedPort> {
     container["ports"]
         .as_sequence()
         .into_iter()
@@ -1471,10 +1476,7 @@ fn kubernetes_manifests_run_the_compose_topology_with_replicas() -> Result<()> {
     }
 
     let mut seen = BTreeSet::new();
-    let mut workload_ports: BTreeMap<
-        String,
-        (BTreeMap<String, String>, Vec<(Option<String>, u16)>),
-    > = BTreeMap::new();
+    let mut workload_ports: BTreeMap<String, (Labels, Vec<NamedPort>)> = BTreeMap::new();
     for workload in k8s.of_kind(&["Deployment", "StatefulSet"]) {
         let name = workload["metadata"]["name"].as_str().context("name")?;
         let spec = &workload["spec"];
