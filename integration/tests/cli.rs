@@ -1,0 +1,862 @@
+//! The operator CLI (`upshift graph|rollout|lock|fleet|status|health`)
+//! against real service processes, with golden outputs.
+//!
+//! Human tables are compared with `tests/golden/*.txt` after replacing
+//! what depends on the moment of the run (see [`placeholders`]) and
+//! collapsing column padding; rewrite the
+//! files with `UPSHIFT_BLESS=1 cargo test -p upshift-integration --test cli`.
+//! JSON outputs are parsed with serde_json and checked field by field.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde_json::Value;
+use upshift_integration::{ServiceProcess, Workdir, bin, stable_metadata};
+use upshift_proto::telemetry::v1::telemetry_service_client::TelemetryServiceClient;
+use upshift_proto::telemetry::v1::{AgentState, HostStatus, ReportRequest};
+
+/// A token the services accept (at least 16 characters).
+const TOKEN: &str = "cli-test-admin-token-0123456789";
+const NEW_ROLLOUT: &str = "34.20211016.3.0";
+
+/// graph, policy and lock as processes on the stable metadata with
+/// updates-history/058.json, both admin services sharing one token file.
+struct Mesh {
+    token_file: PathBuf,
+    graph: ServiceProcess,
+    policy: ServiceProcess,
+    lock: ServiceProcess,
+    /// Dropped last, after the processes; kept when a test fails.
+    _dir: Workdir,
+}
+
+impl Mesh {
+    async fn start() -> Result<Self> {
+        let dir = Workdir::new()?;
+        let metadata = dir.path().join("metadata");
+        stable_metadata(&metadata, 58)?;
+        let token_file = dir.path().join("admin-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let data = |name: &str| path(&dir.path().join(name));
+        let graph = ServiceProcess::start(
+            "graph",
+            dir.path(),
+            &[
+                "serve",
+                "graph",
+                "--metadata",
+                &path(&metadata),
+                "--data-dir",
+                &data("graph-data"),
+            ],
+        )?;
+        graph.wait_ready(Duration::from_secs(20)).await?;
+        let graph_url = graph.url();
+        let policy = ServiceProcess::start(
+            "policy",
+            dir.path(),
+            &[
+                "serve",
+                "policy",
+                "--graph",
+                &graph_url,
+                "--data-dir",
+                &data("policy-data"),
+                "--admin-token-file",
+                &path(&token_file),
+            ],
+        )?;
+        let lock = ServiceProcess::start(
+            "lock",
+            dir.path(),
+            &[
+                "serve",
+                "lock",
+                "--data-dir",
+                &data("lock-data"),
+                "--admin-token-file",
+                &path(&token_file),
+            ],
+        )?;
+        policy.wait_ready(Duration::from_secs(20)).await?;
+        lock.wait_ready(Duration::from_secs(20)).await?;
+        Ok(Self {
+            token_file,
+            graph,
+            policy,
+            lock,
+            _dir: dir,
+        })
+    }
+
+    /// Runs `upshift` with the mesh's URLs in the environment.
+    fn cli(&self, args: &[&str]) -> Result<Run> {
+        run_cli(
+            args,
+            &[
+                ("UPSHIFT_GRAPH_URL", self.graph.url()),
+                ("UPSHIFT_POLICY_URL", self.policy.url()),
+                ("UPSHIFT_LOCK_URL", self.lock.url()),
+                ("UPSHIFT_TELEMETRY_URL", closed_port_url()?),
+            ],
+        )
+    }
+
+    /// Like [`Mesh::cli`] with `--admin-token-file`.
+    fn admin(&self, args: &[&str]) -> Result<Run> {
+        let mut all = args.to_vec();
+        let token = self.token_file.to_str().unwrap().to_string();
+        all.extend(["--admin-token-file", &token]);
+        self.cli(&all)
+    }
+
+    /// The placeholders URLs become in golden files.
+    fn urls(&self) -> Vec<(String, &'static str)> {
+        vec![
+            (self.graph.url(), "<graph-url>"),
+            (self.policy.url(), "<policy-url>"),
+            (self.lock.url(), "<lock-url>"),
+        ]
+    }
+}
+
+/// One CLI run.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn expect(self, code: i32) -> Result<Self> {
+        if self.code != Some(code) {
+            bail!(
+                "expected exit {code}, got {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON:\n{}", self.stdout))
+    }
+}
+
+fn run_cli(args: &[&str], env: &[(&str, String)]) -> Result<Run> {
+    let mut command = Command::new(bin("upshift")?);
+    command.args(args);
+    for var in [
+        "UPSHIFT_ADMIN_TOKEN",
+        "UPSHIFT_ADMIN_TOKEN_FILE",
+        "UPSHIFT_OUTPUT",
+        "UPSHIFT_CA_FILE",
+        "UPSHIFT_CLIENT_CERT",
+        "UPSHIFT_CLIENT_KEY",
+        "UPSHIFT_GRAPH_URL",
+        "UPSHIFT_POLICY_URL",
+        "UPSHIFT_LOCK_URL",
+        "UPSHIFT_TELEMETRY_URL",
+    ] {
+        command.env_remove(var);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().context("running upshift")?;
+    Ok(Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// A URL on a loopback port nothing listens on.
+fn closed_port_url() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// Replaces what depends on the run: URLs become placeholders, timestamps
+/// from 2023 on (the services' clock; the fixtures' rollout times are older
+/// and stay) become `____-__-__T__:__:__Z` (same width, so golden files stay
+/// aligned), and ages such as `7s` or `1m05s` become `<age>`.
+fn placeholders(text: &str, urls: &[(String, &'static str)]) -> String {
+    let mut text = text.to_string();
+    for (url, placeholder) in urls {
+        text = text.replace(url.as_str(), placeholder);
+    }
+    replace_ages(&replace_times(&text))
+}
+
+/// Collapses runs of two or more spaces (column padding, which follows the
+/// widths of the replaced values) to two spaces, for comparing.
+fn collapse(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut out = String::new();
+            let mut spaces = 0;
+            for c in line.chars() {
+                if c == ' ' {
+                    spaces += 1;
+                    continue;
+                }
+                out.push_str(match spaces {
+                    0 => "",
+                    1 => " ",
+                    _ => "  ",
+                });
+                spaces = 0;
+                out.push(c);
+            }
+            out + "\n"
+        })
+        .collect()
+}
+
+fn replace_times(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:ddZ";
+    let mut out = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let candidate = bytes.get(i..i + shape.len());
+        let is_time = candidate.is_some_and(|c| {
+            c.iter().zip(shape).all(|(b, s)| match s {
+                b'd' => b.is_ascii_digit(),
+                _ => b == s,
+            })
+        });
+        if is_time && text[i..i + 4].parse::<u32>().is_ok_and(|year| year >= 2023) {
+            out.push_str("____-__-__T__:__:__Z");
+            i += shape.len();
+        } else {
+            let c = text[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+fn is_age(word: &str) -> bool {
+    let split = |w: &str| -> Option<(String, char, String)> {
+        let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
+        let rest = &w[digits.len()..];
+        let unit = rest.chars().next()?;
+        (!digits.is_empty()).then(|| (digits, unit, rest[1..].to_string()))
+    };
+    match split(word) {
+        Some((_, 's', rest)) => rest.is_empty(),
+        Some((_, unit @ ('m' | 'h' | 'd'), rest)) => {
+            let next = match unit {
+                'm' => 's',
+                'h' => 'm',
+                _ => 'h',
+            };
+            rest.len() == 3 && rest[..2].chars().all(|c| c.is_ascii_digit()) && rest.ends_with(next)
+        }
+        _ => false,
+    }
+}
+
+fn replace_ages(text: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if is_age(word) {
+            out.push_str("<age>");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// Compares normalised output with `tests/golden/<name>.txt`, or writes it
+/// when `UPSHIFT_BLESS=1`.
+fn golden(name: &str, actual: &str, urls: &[(String, &'static str)]) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"));
+    let actual = placeholders(actual, urls);
+    if std::env::var("UPSHIFT_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, &actual)?;
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} missing: run with UPSHIFT_BLESS=1 to create it",
+            path.display()
+        )
+    })?;
+    if collapse(&expected) != collapse(&actual) {
+        bail!(
+            "output differs from {} (UPSHIFT_BLESS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn placeholders_keep_fixture_times_and_replace_run_dependent_values() {
+    let urls = vec![("http://127.0.0.1:4321".to_string(), "<lock-url>")];
+    let text = "A     B  2021-11-02T16:00:00Z  2026-11-25T10:54:44Z  n (12s) 1m05s 2h03m 3d04h 2880m 34.20211016.3.0\nhttp://127.0.0.1:4321\n";
+    assert_eq!(
+        collapse(&placeholders(text, &urls)),
+        "A  B  2021-11-02T16:00:00Z  ____-__-__T__:__:__Z  n (<age>) <age> <age> <age> 2880m 34.20211016.3.0\n<lock-url>\n"
+    );
+}
+
+#[tokio::test]
+async fn graph_show_and_rollout_list() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let urls = mesh.urls();
+    let show = mesh
+        .cli(&[
+            "graph", "show", "--stream", "stable", "--arch", "x86_64", "--scheme", "checksum",
+        ])?
+        .expect(0)?;
+    golden("graph-show", &show.stdout, &urls)?;
+
+    let json = mesh
+        .cli(&[
+            "graph", "show", "--arch", "x86_64", "--scheme", "checksum", "-o", "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    let scopes = json["scopes"].as_array().context("scopes")?;
+    assert_eq!(scopes.len(), 1, "{json}");
+    let scope = &scopes[0];
+    assert_eq!(scope["stream"], "stable");
+    assert_eq!(scope["scheme"], "checksum");
+    assert!(scope["revision"].as_u64().is_some_and(|r| r > 0));
+    let releases = scope["releases"].as_array().context("releases")?;
+    let newest = releases.last().context("a release")?;
+    assert_eq!(newest["version"], NEW_ROLLOUT);
+    assert_eq!(newest["rollout"]["duration_minutes"], 2880);
+    assert_eq!(newest["rollout"]["start"], "2021-11-02T16:00:00Z");
+    assert_eq!(newest["rollout"]["throttle_now"], 1.0);
+    let barriers: Vec<&Value> = releases.iter().filter(|r| r["barrier"] == true).collect();
+    assert_eq!(barriers.len(), 5);
+    assert!(
+        barriers[0]["barrier_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fedora-coreos-tracker"))
+    );
+    // A release before the last barrier updates to that barrier only.
+    let first = &releases[0];
+    assert_eq!(first["edges_out"], serde_json::json!(["31.20200517.3.0"]));
+
+    let list = mesh.cli(&["rollout", "list"])?.expect(0)?;
+    golden("rollout-list", &list.stdout, &urls)?;
+    let json = mesh
+        .cli(&["rollout", "list", "--output", "json"])?
+        .expect(0)?
+        .json()?;
+    let rollouts = json["rollouts"].as_array().context("rollouts")?;
+    assert_eq!(rollouts.len(), 2, "{json}");
+    assert_eq!(rollouts[1]["version"], NEW_ROLLOUT);
+    assert_eq!(rollouts[1]["throttle"], 1.0);
+    assert_eq!(rollouts[1]["paused"], false);
+    assert_eq!(json["freezes"], serde_json::json!([]));
+
+    // A filter matching nothing is a failed call, not an empty success.
+    let none = mesh
+        .cli(&["graph", "show", "--stream", "nope"])?
+        .expect(1)?;
+    assert!(
+        none.stderr.contains("graph service at http://"),
+        "{}",
+        none.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rollout_pause_and_resume_need_the_admin_token() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let urls = mesh.urls();
+    let pause = [
+        "rollout",
+        "pause",
+        "stable",
+        NEW_ROLLOUT,
+        "--reason",
+        "crash reports",
+    ];
+
+    let refused = mesh.cli(&pause)?.expect(1)?;
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("policy service at {}", mesh.policy.url())),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("unauthenticated"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("--admin-token-file"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stdout.is_empty());
+
+    let policy_url = mesh.policy.url();
+    let mut wrong = pause.to_vec();
+    wrong.extend(["--policy", &policy_url]);
+    let wrong = run_cli(
+        &wrong,
+        &[("UPSHIFT_ADMIN_TOKEN", "not-the-admin-token-at-all".into())],
+    )?
+    .expect(1)?;
+    assert!(
+        wrong.stderr.contains("invalid admin token"),
+        "{}",
+        wrong.stderr
+    );
+
+    let paused = mesh.admin(&pause)?.expect(0)?;
+    golden("rollout-pause", &paused.stdout, &urls)?;
+    let json = mesh
+        .cli(&["rollout", "list", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    let rollout = &json["rollouts"][1];
+    assert_eq!(rollout["paused"], true, "{json}");
+    assert_eq!(rollout["pause_reason"], "crash reports (by token)");
+    assert!(rollout["paused_at"].is_string());
+
+    // The token from the environment works as well as the file.
+    let mut resume = vec![
+        "rollout",
+        "resume",
+        "stable",
+        NEW_ROLLOUT,
+        "--reason",
+        "fixed",
+    ];
+    resume.extend(["--policy", &policy_url, "-o", "json"]);
+    let resumed = run_cli(&resume, &[("UPSHIFT_ADMIN_TOKEN", TOKEN.into())])?.expect(0)?;
+    assert_eq!(resumed.json()?["rollout"]["paused"], false);
+
+    let unknown = mesh
+        .admin(&["rollout", "pause", "stable", "1.2.3", "--reason", "x"])?
+        .expect(1)?;
+    assert!(unknown.stderr.contains("not_found"), "{}", unknown.stderr);
+
+    mesh.admin(&["rollout", "freeze", "stable", "--reason", "incident 42"])?
+        .expect(0)?;
+    let frozen = mesh.cli(&["rollout", "list"])?.expect(0)?;
+    golden("rollout-list-frozen", &frozen.stdout, &urls)?;
+    let unfrozen = mesh
+        .admin(&[
+            "rollout", "unfreeze", "stable", "--reason", "over", "-o", "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(unfrozen["frozen"], false);
+    let json = mesh
+        .cli(&["rollout", "list", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["freezes"], serde_json::json!([]));
+    Ok(())
+}
+
+async fn fleetlock_pre_reboot(lock: &ServiceProcess, id: &str, group: &str) -> Result<()> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/pre-reboot", lock.url()))
+        .header("fleet-lock-protocol", "true")
+        .body(format!(
+            r#"{{"client_params":{{"id":"{id}","group":"{group}"}}}}"#
+        ))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!(
+            "pre-reboot: {} {}",
+            response.status(),
+            response.text().await?
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn lock_list_show_release_and_admin_changes() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let urls = mesh.urls();
+    fleetlock_pre_reboot(&mesh.lock, "node-a", "workers").await?;
+    fleetlock_pre_reboot(&mesh.lock, "node-b", "db").await?;
+
+    let list = mesh.cli(&["lock", "list"])?.expect(0)?;
+    golden("lock-list", &list.stdout, &urls)?;
+    let show = mesh.cli(&["lock", "show", "workers"])?.expect(0)?;
+    golden("lock-show", &show.stdout, &urls)?;
+    let json = mesh
+        .cli(&["lock", "list", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    let groups = json["groups"].as_array().context("groups")?;
+    let names: Vec<&str> = groups.iter().filter_map(|g| g["name"].as_str()).collect();
+    assert_eq!(names, ["db", "workers"]);
+    let workers = &groups[1];
+    assert_eq!(workers["total_slots"], 1);
+    assert_eq!(workers["holders"][0]["id"], "node-a");
+    assert_eq!(workers["holders"][0]["method"], "fleetlock");
+    assert!(workers["holders"][0]["age_seconds"].is_u64());
+
+    let release = [
+        "lock",
+        "release",
+        "workers",
+        "node-a",
+        "--reason",
+        "stuck host",
+    ];
+    let refused = mesh.cli(&release)?.expect(1)?;
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("lock service at {}", mesh.lock.url())),
+        "{}",
+        refused.stderr
+    );
+    let released = mesh.admin(&release)?.expect(0)?;
+    golden("lock-release", &released.stdout, &urls)?;
+    let again = mesh.admin(&release)?.expect(0)?;
+    assert_eq!(again.stdout, "node-a held no slot in workers\n");
+    let json = mesh
+        .cli(&["lock", "show", "workers", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["holders"], serde_json::json!([]));
+
+    let slots = mesh
+        .admin(&[
+            "lock", "slots", "workers", "3", "--reason", "bigger", "-o", "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(slots["total_slots"], 3);
+    mesh.cli(&["lock", "slots", "workers", "0", "--reason", "x"])?
+        .expect(2)?;
+    let paused = mesh
+        .admin(&[
+            "lock",
+            "pause",
+            "workers",
+            "--reason",
+            "change freeze",
+            "-o",
+            "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["pause_reason"], "change freeze");
+    let resumed = mesh
+        .admin(&[
+            "lock", "resume", "workers", "--reason", "done", "-o", "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(resumed["paused"], false);
+    let audit = mesh
+        .admin(&["lock", "audit", "--group", "workers", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["resume", "pause", "set-slots", "force-release", "grant"],
+        "{audit}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_and_health() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let mut urls = mesh.urls();
+    let status = mesh
+        .cli(&["status", "--only", "graph,policy,lock"])?
+        .expect(0)?;
+    golden("status", &status.stdout, &urls)?;
+
+    // The telemetry URL points at a closed port: exit 3, the rest still shown.
+    let closed = closed_port_url()?;
+    let all = mesh
+        .cli(&["status", "--telemetry", &closed, "-o", "json"])?
+        .expect(3)?;
+    let json = all.json()?;
+    let services = json["services"].as_array().context("services")?;
+    let by_name = |n: &str| services.iter().find(|s| s["name"] == n).cloned().unwrap();
+    assert_eq!(by_name("graph")["health"], "serving");
+    assert_eq!(by_name("lock")["details"]["groups"], 0);
+    assert_eq!(by_name("telemetry")["reachable"], false);
+    assert!(
+        by_name("telemetry")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("telemetry service at {closed} is unreachable"))),
+        "{json}"
+    );
+    let graph_revision = by_name("graph")["details"]["revision"].as_u64().unwrap();
+    assert_eq!(
+        by_name("policy")["details"]["graph_revision"],
+        graph_revision
+    );
+    for scope in json["scopes"].as_array().context("scopes")? {
+        assert_eq!(scope["policy_revision"], scope["graph_revision"], "{json}");
+    }
+    urls.push((closed.clone(), "<closed-url>"));
+    let table = mesh.cli(&["status", "--telemetry", &closed])?.expect(3)?;
+    golden("status-telemetry-down", &table.stdout, &urls)?;
+
+    let lock_url = mesh.lock.url();
+    let healthy = run_cli(&["health", &lock_url], &[])?.expect(0)?;
+    assert_eq!(healthy.stdout, "SERVING\n");
+    run_cli(
+        &[
+            "health",
+            &lock_url,
+            "--service",
+            "upshift.lock.v1.LockService",
+        ],
+        &[],
+    )?
+    .expect(0)?;
+    let unknown =
+        run_cli(&["health", &lock_url, "--service", "no.such.Service"], &[])?.expect(1)?;
+    assert!(unknown.stderr.contains(&lock_url), "{}", unknown.stderr);
+    let down = run_cli(&["health", &closed], &[])?.expect(3)?;
+    assert!(down.stderr.contains("is unreachable"), "{}", down.stderr);
+    let json = run_cli(&["health", &mesh.policy.url(), "-o", "json"], &[])?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["status"], "serving");
+    Ok(())
+}
+
+#[test]
+fn unreachable_services_exit_3_and_usage_errors_exit_2() -> Result<()> {
+    let closed = closed_port_url()?;
+    for (args, service) in [
+        (vec!["graph", "show", "--graph", &closed], "graph"),
+        (vec!["rollout", "list", "--policy", &closed], "policy"),
+        (vec!["lock", "list", "--lock", &closed], "lock"),
+        (
+            vec!["fleet", "summary", "--telemetry", &closed],
+            "telemetry",
+        ),
+    ] {
+        let run = run_cli(&args, &[])?.expect(3)?;
+        assert!(
+            run.stderr
+                .contains(&format!("{service} service at {closed} is unreachable")),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // Missing arguments, a bad URL and an unreadable token file are usage errors.
+    run_cli(&["rollout", "pause", "stable"], &[])?.expect(2)?;
+    let bad = run_cli(&["lock", "list", "--lock", "ftp://example.org"], &[])?.expect(2)?;
+    assert!(bad.stderr.contains("http:// or https://"), "{}", bad.stderr);
+    let missing = run_cli(
+        &["lock", "list", "--admin-token-file", "/nonexistent/token"],
+        &[],
+    )?
+    .expect(2)?;
+    assert!(
+        missing.stderr.contains("/nonexistent/token"),
+        "{}",
+        missing.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn completions_include_the_operator_commands() -> Result<()> {
+    let bash = run_cli(&["completions", "bash"], &[])?.expect(0)?;
+    for word in [
+        "rollout",
+        "fleet",
+        "status",
+        "health",
+        "--admin-token-file",
+        "unfreeze",
+    ] {
+        assert!(bash.stdout.contains(word), "bash completions lack {word}");
+    }
+    Ok(())
+}
+
+fn host(node: &str, group: &str, version: &str, state: i32, target: &str) -> HostStatus {
+    HostStatus {
+        node_uuid: node.into(),
+        group: group.into(),
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        platform: "qemu".into(),
+        booted_version: version.into(),
+        target_version: target.into(),
+        state,
+        agent_version: "0.1.0".into(),
+        lock_held: state == AgentState::Rebooting as i32,
+        ..Default::default()
+    }
+}
+
+/// Reports hosts over the agents' Report stream and waits for the acks.
+async fn report(telemetry: &ServiceProcess, hosts: Vec<HostStatus>) -> Result<()> {
+    let mut client = TelemetryServiceClient::connect(telemetry.url()).await?;
+    let count = hosts.len() as u64;
+    let requests: Vec<ReportRequest> = hosts
+        .into_iter()
+        .zip(1..)
+        .map(|(status, sequence)| ReportRequest {
+            sequence,
+            status: Some(status),
+        })
+        .collect();
+    let mut acks = client
+        .report(futures::stream::iter(requests))
+        .await?
+        .into_inner();
+    while let Some(ack) = tokio::time::timeout(Duration::from_secs(20), acks.next()).await? {
+        if ack?.acknowledged >= count {
+            return Ok(());
+        }
+    }
+    bail!("the report stream ended before acknowledging {count} reports")
+}
+
+#[tokio::test]
+async fn fleet_summary_and_hosts_from_a_real_telemetry_service() -> Result<()> {
+    let dir = Workdir::new()?;
+    let data = dir.path().join("telemetry-data");
+    let telemetry = ServiceProcess::start(
+        "telemetry",
+        dir.path(),
+        &["serve", "telemetry", "--data-dir", data.to_str().unwrap()],
+    )?;
+    telemetry.wait_ready(Duration::from_secs(20)).await?;
+    let old = "34.20211004.3.1";
+    report(
+        &telemetry,
+        vec![
+            host(
+                "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+                "workers",
+                NEW_ROLLOUT,
+                AgentState::Idle as i32,
+                "",
+            ),
+            host(
+                "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+                "workers",
+                old,
+                AgentState::Rebooting as i32,
+                NEW_ROLLOUT,
+            ),
+            host(
+                "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c",
+                "db",
+                old,
+                AgentState::Staging as i32,
+                NEW_ROLLOUT,
+            ),
+        ],
+    )
+    .await?;
+    let env = [("UPSHIFT_TELEMETRY_URL", telemetry.url())];
+    let urls = vec![(telemetry.url(), "<telemetry-url>")];
+
+    let summary = run_cli(&["fleet", "summary"], &env)?.expect(0)?;
+    golden("fleet-summary", &summary.stdout, &urls)?;
+    let json = run_cli(&["fleet", "summary", "-o", "json"], &env)?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["total_hosts"], 3, "{json}");
+    assert_eq!(json["stale_hosts"], 0);
+    let rebooting: Vec<&Value> = json["counts"]
+        .as_array()
+        .context("counts")?
+        .iter()
+        .filter(|c| c["state"] == "rebooting")
+        .collect();
+    assert_eq!(rebooting.len(), 1, "{json}");
+    assert_eq!(rebooting[0]["hosts"], 1);
+
+    let hosts = run_cli(&["fleet", "hosts"], &env)?.expect(0)?;
+    golden("fleet-hosts", &hosts.stdout, &urls)?;
+    let filtered = run_cli(
+        &[
+            "fleet",
+            "hosts",
+            "--version",
+            old,
+            "--group",
+            "workers",
+            "-o",
+            "json",
+        ],
+        &env,
+    )?
+    .expect(0)?
+    .json()?;
+    let hosts = filtered["hosts"].as_array().context("hosts")?;
+    assert_eq!(hosts.len(), 1, "{filtered}");
+    assert_eq!(hosts[0]["node_uuid"], "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b");
+    assert_eq!(hosts[0]["state"], "rebooting");
+    assert_eq!(hosts[0]["target_version"], NEW_ROLLOUT);
+    assert_eq!(hosts[0]["lock_held"], true);
+    let staging = run_cli(
+        &["fleet", "hosts", "--state", "staging", "-o", "json"],
+        &env,
+    )?
+    .expect(0)?
+    .json()?;
+    assert_eq!(
+        staging["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{staging}"
+    );
+    let status = run_cli(&["status", "--only", "telemetry", "-o", "json"], &env)?
+        .expect(0)?
+        .json()?;
+    assert_eq!(status["services"][0]["details"]["hosts"], 3, "{status}");
+    Ok(())
+}
