@@ -65,7 +65,7 @@ pub enum SourceError {
         bus: String,
         /// Cause.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// The D-Bus call failed (error reply, unknown name or method).
     #[error("D-Bus call {method} failed")]
@@ -74,7 +74,7 @@ pub enum SourceError {
         method: String,
         /// Cause.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// The D-Bus method returned something other than `s` or `ay`.
     #[error("D-Bus method {method} returned signature `{signature}`, expected `s` or `ay`")]

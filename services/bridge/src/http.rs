@@ -107,7 +107,12 @@ async fn method_not_allowed(State(bridge): State<Bridge>) -> Response {
 
 /// The scraper's own timeout, when it sent a usable one.
 fn scraper_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: f64 = headers.get(SCRAPE_TIMEOUT_HEADER)?.to_str().ok()?.parse().ok()?;
+    let seconds: f64 = headers
+        .get(SCRAPE_TIMEOUT_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
     Duration::try_from_secs_f64(seconds)
         .ok()
         .filter(|d| !d.is_zero())

@@ -98,10 +98,9 @@ impl BridgeMetrics {
         for selector in selectors {
             let name = KeyValue::new("selector", selector.to_string());
             for result in [ScrapeResult::Ok, ScrapeResult::Error, ScrapeResult::Timeout] {
-                metrics.scrapes.add(
-                    0,
-                    &[name.clone(), KeyValue::new("result", result.as_str())],
-                );
+                metrics
+                    .scrapes
+                    .add(0, &[name.clone(), KeyValue::new("result", result.as_str())]);
             }
             metrics.bytes.add(0, std::slice::from_ref(&name));
         }
@@ -122,7 +121,10 @@ impl BridgeMetrics {
         let name = KeyValue::new("selector", selector.to_string());
         self.scrapes.add(
             1,
-            &[name.clone(), KeyValue::new("result", ScrapeResult::Ok.as_str())],
+            &[
+                name.clone(),
+                KeyValue::new("result", ScrapeResult::Ok.as_str()),
+            ],
         );
         self.bytes.add(bytes as u64, std::slice::from_ref(&name));
         self.duration.record(elapsed.as_secs_f64(), &[name]);
@@ -136,14 +138,10 @@ impl BridgeMetrics {
         } else {
             ScrapeResult::Error
         };
-        self.scrapes.add(
-            1,
-            &[name.clone(), KeyValue::new("result", result.as_str())],
-        );
-        self.errors.add(
-            1,
-            &[name.clone(), KeyValue::new("reason", reason.as_str())],
-        );
+        self.scrapes
+            .add(1, &[name.clone(), KeyValue::new("result", result.as_str())]);
+        self.errors
+            .add(1, &[name.clone(), KeyValue::new("reason", reason.as_str())]);
         self.duration.record(elapsed.as_secs_f64(), &[name]);
     }
 

@@ -23,7 +23,12 @@ fn exporter() -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], exposition(400)) }),
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    exposition(400),
+                )
+            }),
         )
         .route(
             "/openmetrics",
@@ -33,7 +38,7 @@ fn exporter() -> Router {
             "/fail",
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "exporter broke\n") }),
         )
-        .route("/hang", get(|| std::future::pending::<String>()))
+        .route("/hang", get(std::future::pending::<String>))
         .route(
             "/endless",
             get(|| async {
@@ -120,11 +125,18 @@ async fn passes_text_and_openmetrics_through() {
     promtool_check_metrics(&body);
 
     let (status, content_type, body) = bridge.scrape("om").await;
-    assert_eq!((status, content_type.as_str()), (200, OPENMETRICS), "{body}");
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, OPENMETRICS),
+        "{body}"
+    );
     assert_eq!(body, openmetrics());
 
     let (status, content_type, _) = bridge.scrape("forced").await;
-    assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/plain; version=0.0.4")
+    );
 }
 
 #[tokio::test]
@@ -143,7 +155,10 @@ async fn forwards_the_scrapers_accept_header() {
         .text()
         .await
         .unwrap();
-    assert_eq!(body, format!("accept_seen{{value=\"{prometheus_accept}\"}} 1\n"));
+    assert_eq!(
+        body,
+        format!("accept_seen{{value=\"{prometheus_accept}\"}} 1\n")
+    );
     // Without one, the bridge asks for the text format.
     let (_, _, body) = bridge.scrape("a").await;
     assert!(body.contains("text/plain;version=0.0.4"), "{body}");
@@ -166,10 +181,22 @@ async fn source_errors_are_502_and_stalls_504() {
     .await;
     let garbage = serve_broken("SSH-2.0-OpenSSH_9.6\r\n", b"", false).await;
     // A port that was free a moment ago: nothing listens.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = http_selector("fail", &format!("http://{addr}/fail"), "")
-        + &http_selector("hang", &format!("http://{addr}/hang"), "read_timeout = \"300ms\"")
-        + &http_selector("endless", &format!("http://{addr}/endless"), "max_bytes = 100000")
+        + &http_selector(
+            "hang",
+            &format!("http://{addr}/hang"),
+            "read_timeout = \"300ms\"",
+        )
+        + &http_selector(
+            "endless",
+            &format!("http://{addr}/endless"),
+            "max_bytes = 100000",
+        )
         + &http_selector("cut", &format!("http://{cut}/metrics"), "")
         + &http_selector("unterminated", &format!("http://{unterminated}/"), "")
         + &http_selector("garbage", &format!("http://{garbage}/"), "")
@@ -177,7 +204,12 @@ async fn source_errors_are_502_and_stalls_504() {
     let bridge = Bridge::start(&config).await;
 
     for (selector, status, reason, needle) in [
-        ("fail", 502, "http_status", "answered HTTP 500 Internal Server Error"),
+        (
+            "fail",
+            502,
+            "http_status",
+            "answered HTTP 500 Internal Server Error",
+        ),
         ("hang", 504, "read_timeout", "sent nothing for 300ms"),
         ("endless", 502, "too_large", "larger than 100000 bytes"),
         ("cut", 502, "protocol", "HTTP exchange with"),
@@ -189,7 +221,10 @@ async fn source_errors_are_502_and_stalls_504() {
         assert_eq!(got, status, "{selector}: {body}");
         assert_eq!(content_type, "text/plain; charset=utf-8", "{selector}");
         assert!(body.contains(needle), "{selector}: {body}");
-        assert!(!body.contains("_metric"), "{selector} leaked a partial body: {body}");
+        assert!(
+            !body.contains("_metric"),
+            "{selector} leaked a partial body: {body}"
+        );
         let metrics = bridge.metrics().await;
         let labels = [("selector", selector), ("reason", reason)];
         assert_eq!(
@@ -216,7 +251,11 @@ async fn http_over_a_unix_socket() {
     assert_eq!((status, content_type.as_str()), (200, TEXT), "{body}");
     assert_eq!(body, exposition(400));
     let (status, content_type, body) = bridge.scrape("om").await;
-    assert_eq!((status, content_type.as_str()), (200, OPENMETRICS), "{body}");
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, OPENMETRICS),
+        "{body}"
+    );
     assert_eq!(body, openmetrics());
     let (status, _, body) = bridge.scrape("fail").await;
     assert_eq!(status, 502, "{body}");

@@ -20,7 +20,10 @@ async fn uds_dump_is_passed_through_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     // Large enough to take many reads on both sides.
     let text = exposition(3000);
-    let _server = UdsServer::start(&dir.path().join("a.sock"), Script::Dump(text.clone().into()));
+    let _server = UdsServer::start(
+        &dir.path().join("a.sock"),
+        Script::Dump(text.clone().into()),
+    );
     let bridge = Bridge::start(&uds_selector("agent", &dir.path().join("a.sock"), "")).await;
 
     let (status, content_type, body) = bridge.scrape("agent").await;
@@ -31,9 +34,16 @@ async fn uds_dump_is_passed_through_unchanged() {
 
     let metrics = bridge.metrics().await;
     let labels = [("selector", "agent"), ("result", "ok")];
-    assert_eq!(sample(&metrics, "upshift_bridge_scrapes_total", &labels), Some(1.0));
     assert_eq!(
-        sample(&metrics, "upshift_bridge_scrape_bytes_total", &[("selector", "agent")]),
+        sample(&metrics, "upshift_bridge_scrapes_total", &labels),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "upshift_bridge_scrape_bytes_total",
+            &[("selector", "agent")]
+        ),
         Some(text.len() as f64)
     );
 }
@@ -52,9 +62,15 @@ async fn uds_that_hangs_is_a_504() {
 
     let metrics = bridge.metrics().await;
     let labels = [("selector", "hang"), ("result", "timeout")];
-    assert_eq!(sample(&metrics, "upshift_bridge_scrapes_total", &labels), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "upshift_bridge_scrapes_total", &labels),
+        Some(1.0)
+    );
     let labels = [("selector", "hang"), ("reason", "read_timeout")];
-    assert_eq!(sample(&metrics, "upshift_bridge_scrape_errors_total", &labels), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "upshift_bridge_scrape_errors_total", &labels),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -115,7 +131,10 @@ async fn uds_without_a_listener_is_a_502() {
     assert!(body.contains("nobody.sock"), "{body}");
     let metrics = bridge.metrics().await;
     let labels = [("selector", "gone"), ("reason", "unavailable")];
-    assert_eq!(sample(&metrics, "upshift_bridge_scrape_errors_total", &labels), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "upshift_bridge_scrape_errors_total", &labels),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -128,7 +147,10 @@ async fn uds_past_the_size_limit_is_a_502() {
     let bridge = Bridge::start(&uds_selector("big", &path, &format!("max_bytes = {limit}"))).await;
     let (status, _, body) = bridge.scrape("big").await;
     assert_eq!(status, 502, "{body}");
-    assert!(body.contains(&format!("larger than {limit} bytes")), "{body}");
+    assert!(
+        body.contains(&format!("larger than {limit} bytes")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +185,10 @@ async fn files_are_read_whole_and_checked() {
     assert_eq!((status, content_type.as_str()), (200, TEXT));
     assert_eq!(body, text);
     let (status, content_type, _) = bridge.scrape("typed").await;
-    assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/plain; version=0.0.4")
+    );
     for (selector, needle) in [
         ("half", "incomplete"),
         ("missing", "missing.prom: No such file or directory"),
@@ -178,7 +203,11 @@ async fn files_are_read_whole_and_checked() {
     assert_eq!(bridge.scrape("good").await.2, exposition(3));
 
     let metrics = bridge.metrics().await;
-    for (selector, reason) in [("half", "incomplete"), ("missing", "unavailable"), ("big", "too_large")] {
+    for (selector, reason) in [
+        ("half", "incomplete"),
+        ("missing", "unavailable"),
+        ("big", "too_large"),
+    ] {
         let labels = [("selector", selector), ("reason", reason)];
         assert_eq!(
             sample(&metrics, "upshift_bridge_scrape_errors_total", &labels),

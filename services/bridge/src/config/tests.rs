@@ -189,7 +189,11 @@ fn http_errors() {
     assert_has(&e, "selectors.both.url", "not both");
     assert_has(&e, "selectors.none.url", "missing");
     assert_has(&e, "selectors.badpath.path", "not an HTTP path");
-    assert_has(&e, "selectors.pathwithurl.path", "only used with unix_socket");
+    assert_has(
+        &e,
+        "selectors.pathwithurl.path",
+        "only used with unix_socket",
+    );
     assert_has(&e, "selectors.pathwithurl.bus", "not used by kind `http`");
     assert_eq!(e.len(), 8, "{e:#?}");
 }
@@ -212,7 +216,11 @@ fn dbus_errors() {
         "#,
     );
     assert_has(&e, "selectors.d.bus", "not a valid D-Bus bus");
-    assert_has(&e, "selectors.d.destination", "not a valid D-Bus destination");
+    assert_has(
+        &e,
+        "selectors.d.destination",
+        "not a valid D-Bus destination",
+    );
     assert_has(&e, "selectors.d.path", "not a valid D-Bus path");
     assert_has(&e, "selectors.d.interface", "not a valid D-Bus interface");
     assert_has(&e, "selectors.d.method", "not a valid D-Bus method");
@@ -255,7 +263,11 @@ fn names_kinds_and_limits() {
     assert_has(&e, "selectors.nokind.kind", "missing");
     assert_has(&e, "selectors.weird.kind", "unknown kind `ftp`");
     assert_has(&e, "selectors.limits.read_timeout", "greater than zero");
-    assert_has(&e, "selectors.limits.total_timeout", "server.request_timeout");
+    assert_has(
+        &e,
+        "selectors.limits.total_timeout",
+        "server.request_timeout",
+    );
     assert_has(&e, "selectors.limits.content_type", "not a media type");
 }
 
@@ -291,8 +303,14 @@ fn unknown_keys_are_all_reported_with_their_table() {
         "#,
     );
     assert_eq!(e.len(), 2, "{e:#?}");
-    assert!(e[0].starts_with("defaults.read_timout: unknown field"), "{e:#?}");
-    assert!(e[1].starts_with("selectors.a.max_byte: unknown field"), "{e:#?}");
+    assert!(
+        e[0].starts_with("defaults.read_timout: unknown field"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("selectors.a.max_byte: unknown field"),
+        "{e:#?}"
+    );
 }
 
 #[test]

@@ -39,7 +39,11 @@ pub(super) fn validate(config: &BridgeConfig) -> Result<BridgeSettings, ConfigEr
                 "selector names may only contain letters, digits, '_', '.' and '-'",
             );
         }
-        check_limits(&key, &raw.limits_over(&LimitsConfig::default()), &mut errors);
+        check_limits(
+            &key,
+            &raw.limits_over(&LimitsConfig::default()),
+            &mut errors,
+        );
         if let Some(total) = raw.total_timeout {
             check_total(&key, total, request_timeout, &mut errors);
         }
@@ -50,7 +54,9 @@ pub(super) fn validate(config: &BridgeConfig) -> Result<BridgeSettings, ConfigEr
             .as_deref()
             .and_then(|v| HeaderValue::from_str(v).ok());
         let limits = Limits {
-            connect_timeout: limits.connect_timeout.unwrap_or(super::DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: limits
+                .connect_timeout
+                .unwrap_or(super::DEFAULT_CONNECT_TIMEOUT),
             read_timeout: limits.read_timeout.unwrap_or(super::DEFAULT_READ_TIMEOUT),
             total_timeout: limits.total_timeout.unwrap_or(super::DEFAULT_TOTAL_TIMEOUT),
             max_bytes: limits.max_bytes.unwrap_or(super::DEFAULT_MAX_BYTES),
@@ -141,8 +147,9 @@ fn source(key: &str, raw: &SelectorConfig, errors: &mut ConfigErrors) -> Option<
         }
     }
     match kind {
-        "uds" => absolute_path(key, "path", raw.path.as_deref(), errors)
-            .map(|path| Source::Uds { path }),
+        "uds" => {
+            absolute_path(key, "path", raw.path.as_deref(), errors).map(|path| Source::Uds { path })
+        }
         "file" => absolute_path(key, "path", raw.path.as_deref(), errors)
             .map(|path| Source::File { path }),
         "http" => http_target(key, raw, errors).map(Source::Http),
@@ -242,7 +249,10 @@ fn loopback_url(key: &str, url: &str, errors: &mut ConfigErrors) -> Option<HttpT
         errors.push(key, format!("`{url}` has no host"));
         return None;
     };
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
@@ -253,7 +263,10 @@ fn loopback_url(key: &str, url: &str, errors: &mut ConfigErrors) -> Option<HttpT
         return None;
     }
     if authority.as_str().contains('@') {
-        errors.push(key, format!("`{url}`: credentials in the URL are not supported"));
+        errors.push(
+            key,
+            format!("`{url}`: credentials in the URL are not supported"),
+        );
         return None;
     }
     Some(HttpTarget::Tcp {
@@ -287,7 +300,9 @@ fn dbus_target(key: &str, raw: &SelectorConfig, errors: &mut ConfigErrors) -> Op
     let destination = field("destination", raw.destination.as_ref(), &|v| {
         BusName::try_from(v).is_ok()
     });
-    let path = field("path", raw.path.as_ref(), &|v| ObjectPath::try_from(v).is_ok());
+    let path = field("path", raw.path.as_ref(), &|v| {
+        ObjectPath::try_from(v).is_ok()
+    });
     let interface = field("interface", raw.interface.as_ref(), &|v| {
         InterfaceName::try_from(v).is_ok()
     });

@@ -22,7 +22,7 @@ pub(super) async fn call(target: &DbusTarget, limits: &Limits) -> Result<Bytes, 
     );
     let call_failed = |source| SourceError::DbusCall {
         method: method.clone(),
-        source,
+        source: Box::new(source),
     };
     let reply = timeout(
         limits.read_timeout,
@@ -55,7 +55,7 @@ pub(super) async fn call(target: &DbusTarget, limits: &Limits) -> Result<Bytes, 
 async fn connect(bus: &Bus) -> Result<Connection, SourceError> {
     let failed = |source| SourceError::DbusConnect {
         bus: describe(bus),
-        source,
+        source: Box::new(source),
     };
     let builder = match bus {
         Bus::System => Builder::system(),

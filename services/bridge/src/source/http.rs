@@ -191,7 +191,9 @@ async fn read_body(mut body: Incoming, limits: &Limits, url: &str) -> Result<Byt
 }
 
 fn is_openmetrics(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/openmetrics-text"))
+    value.to_str().is_ok_and(|v| {
+        v.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/openmetrics-text")
+    })
 }

@@ -116,7 +116,10 @@ mod tests {
         let (mut tx, rx) = tokio::io::duplex(64);
         tokio::spawn(async move { while tx.write_all(&[b'x'; 64]).await.is_ok() {} });
         let error = read_bounded(rx, &limits(1000), "duplex").await.unwrap_err();
-        assert!(matches!(error, SourceError::TooLarge { limit: 1000 }), "{error}");
+        assert!(
+            matches!(error, SourceError::TooLarge { limit: 1000 }),
+            "{error}"
+        );
     }
 
     #[tokio::test]
