@@ -1,8 +1,18 @@
-//! OS backends behind one trait: a simulated backend (JSON state file) for
-//! the dev mesh and tests. (The rpm-ostree/logind D-Bus backend is not
-//! written yet.)
+//! OS backends behind one trait ([`OsBackend`]):
+//!
+//! - [`Simulated`]: booted/staged versions in a JSON state file, for the dev
+//!   mesh and tests;
+//! - [`rpm_ostree::RpmOstree`]: the real host, rpm-ostree over D-Bus for
+//!   deployments and [`logind::Logind`] for sessions and reboot, with
+//!   [`wall`] messages to logged-in users' terminals.
+
+pub mod dbus;
+pub mod logind;
+pub mod rpm_ostree;
+pub mod wall;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +27,52 @@ pub struct Release {
     pub payload: String,
 }
 
+/// The OS operation an error belongs to (a closed set, usable as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Connecting to the bus.
+    Connect,
+    /// rpm-ostree `Sysroot.RegisterClient`.
+    RegisterClient,
+    /// rpm-ostree driver registration (`UpdateDeployment` with `register-driver`).
+    RegisterDriver,
+    /// Reading rpm-ostree deployments.
+    ReadDeployments,
+    /// Staging a deployment (`UpdateDeployment` with `lock-finalization`).
+    Deploy,
+    /// `FinalizeDeployment`.
+    Finalize,
+    /// `Cleanup` of the pending deployment.
+    Cleanup,
+    /// logind `ListSessions` and session properties.
+    ListSessions,
+    /// logind `Reboot`.
+    Reboot,
+}
+
+impl Op {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Connect => "connect",
+            Op::RegisterClient => "register_client",
+            Op::RegisterDriver => "register_driver",
+            Op::ReadDeployments => "read_deployments",
+            Op::Deploy => "deploy",
+            Op::Finalize => "finalize",
+            Op::Cleanup => "cleanup",
+            Op::ListSessions => "list_sessions",
+            Op::Reboot => "reboot",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Errors from an OS backend.
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {
@@ -28,6 +84,61 @@ pub enum OsError {
     StageFailed(String),
     #[error("nothing staged")]
     NothingStaged,
+    /// The service is not on the bus (not running, no activation).
+    #[error("{op}: {service} is not available on the bus")]
+    ServiceUnavailable {
+        op: Op,
+        service: &'static str,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// The service refused the call (D-Bus policy or polkit).
+    #[error("{op}: {service} denied the call")]
+    Denied {
+        op: Op,
+        service: &'static str,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// Any other D-Bus failure (error reply, broken connection, bad address).
+    #[error("{op}: D-Bus call to {service} failed")]
+    Dbus {
+        op: Op,
+        service: &'static str,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// No answer within the configured time.
+    #[error("{op}: no answer within {after:?}")]
+    Timeout { op: Op, after: Duration },
+    /// An rpm-ostree transaction finished unsuccessfully.
+    #[error("{op}: transaction failed: {message}")]
+    TransactionFailed { op: Op, message: String },
+    /// A reply had an unexpected shape or content.
+    #[error("{op}: unexpected reply: {detail}")]
+    BadReply { op: Op, detail: String },
+    /// The release payload is neither an OSTree checksum nor an image reference.
+    #[error("payload {0:?} is neither an OSTree commit checksum nor an OCI image reference")]
+    UnsupportedPayload(String),
+}
+
+impl OsError {
+    /// Short, stable error kind (for the `last error kind` metric).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OsError::Io(_) => "io",
+            OsError::Json(_) => "state_file",
+            OsError::StageFailed(_) => "stage_failed",
+            OsError::NothingStaged => "nothing_staged",
+            OsError::ServiceUnavailable { .. } => "service_unavailable",
+            OsError::Denied { .. } => "denied",
+            OsError::Dbus { .. } => "dbus",
+            OsError::Timeout { .. } => "timeout",
+            OsError::TransactionFailed { .. } => "transaction_failed",
+            OsError::BadReply { .. } => "bad_reply",
+            OsError::UnsupportedPayload(_) => "unsupported_payload",
+        }
+    }
 }
 
 /// What the agent needs from the OS.
@@ -42,6 +153,22 @@ pub trait OsBackend {
     fn reboot(&self) -> impl Future<Output = Result<(), OsError>>;
     /// Number of interactive user sessions.
     fn active_sessions(&self) -> impl Future<Output = Result<usize, OsError>>;
+    /// Writes `message` to the terminals of logged-in users (as `wall`
+    /// does); returns how many terminals it reached. Terminals that cannot
+    /// be opened are skipped. The default reaches nobody.
+    fn message_sessions(&self, message: &str) -> impl Future<Output = Result<usize, OsError>> {
+        let _ = message;
+        async { Ok(0) }
+    }
+    /// Best-effort [`OsBackend::message_sessions`]: failures are logged, not returned.
+    fn notify_users(&self, message: &str) -> impl Future<Output = ()> {
+        async move {
+            match self.message_sessions(message).await {
+                Ok(n) => tracing::info!(terminals = n, "messaged logged-in users"),
+                Err(e) => tracing::warn!(error = %e, "could not message logged-in users"),
+            }
+        }
+    }
 }
 
 /// The simulated backend's state file.
@@ -67,6 +194,10 @@ pub struct Simulated {
 }
 
 impl Simulated {
+    /// Where [`OsBackend::message_sessions`] writes: `<file>.messages`.
+    pub fn messages_file(&self) -> PathBuf {
+        self.file.with_extension("messages")
+    }
     async fn read(&self) -> Result<SimState, OsError> {
         match tokio::fs::read(&self.file).await {
             Ok(b) => Ok(serde_json::from_slice(&b)?),
@@ -133,6 +264,28 @@ impl OsBackend for Simulated {
     async fn active_sessions(&self) -> Result<usize, OsError> {
         Ok(self.read().await?.sessions)
     }
+    /// Appends the message to `<file>.messages` once per simulated session.
+    async fn message_sessions(&self, message: &str) -> Result<usize, OsError> {
+        use tokio::io::AsyncWriteExt;
+        let sessions = self.read().await?.sessions;
+        if sessions == 0 {
+            return Ok(0);
+        }
+        if let Some(d) = self.file.parent() {
+            tokio::fs::create_dir_all(d).await?;
+        }
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.messages_file())
+            .await?;
+        for _ in 0..sessions {
+            f.write_all(wall::format_message(message).as_bytes())
+                .await?;
+        }
+        f.flush().await?;
+        Ok(sessions)
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +322,25 @@ mod tests {
         assert_eq!(os.booted().await.unwrap(), rel("2"));
         assert_eq!(os.staged().await.unwrap(), None);
         assert_eq!(os.active_sessions().await.unwrap(), 0);
+        assert_eq!(os.message_sessions("hi").await.unwrap(), 0);
+        assert!(!os.messages_file().exists());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn simulated_messages_reach_each_session() {
+        let t = tempfile::tempdir().unwrap();
+        let os = Simulated {
+            file: t.path().join("sim.json"),
+            fail_versions: vec![],
+            initial: rel("1"),
+        };
+        std::fs::write(
+            &os.file,
+            r#"{"booted":{"version":"1","payload":"p"},"sessions":2}"#,
+        )
+        .unwrap();
+        assert_eq!(os.message_sessions("reboot soon").await.unwrap(), 2);
+        let text = std::fs::read_to_string(os.messages_file()).unwrap();
+        assert_eq!(text.matches("reboot soon").count(), 2);
     }
 }

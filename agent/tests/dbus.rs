@@ -1,0 +1,314 @@
+//! The rpm-ostree/logind backend over real D-Bus: a private `dbus-daemon`
+//! with test doubles of both services (see `support/dbus_doubles.rs`).
+
+#[path = "support/dbus_daemon.rs"]
+mod dbus_daemon;
+#[path = "support/dbus_doubles.rs"]
+mod dbus_doubles;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dbus_daemon::DbusDaemon;
+use dbus_doubles::{
+    FakeDeployment, FakeSession, LoginState, LogindDouble, RpmOstreeDouble, RpmState,
+};
+use upshift_agent::os::dbus::{Bus, Timeouts};
+use upshift_agent::os::rpm_ostree::{RpmOstree, RpmOstreeOptions};
+use upshift_agent::os::wall::Wall;
+use upshift_agent::os::{Op, OsBackend, OsError, Release};
+
+const IMAGE: &str = "quay.io/fedora/fedora-coreos";
+
+fn sum(c: char) -> String {
+    std::iter::repeat_n(c, 64).collect()
+}
+
+fn rel(version: &str, c: char) -> Release {
+    Release {
+        version: version.into(),
+        payload: sum(c),
+    }
+}
+
+/// Booted 41.1 (`aaa…`); the remote also has 41.2 (`bbb…`).
+fn host() -> RpmState {
+    RpmState {
+        deployments: vec![FakeDeployment {
+            version: "41.1".into(),
+            checksum: sum('a'),
+            booted: true,
+            staged: false,
+            finalization_locked: false,
+            image: None,
+        }],
+        remote: HashMap::from([(sum('a'), "41.1".into()), (sum('b'), "41.2".into())]),
+        images: HashMap::from([(
+            format!("{IMAGE}@sha256:{}", sum('d')),
+            ("42.1".to_string(), sum('e')),
+        )]),
+        ..RpmState::default()
+    }
+}
+
+fn session(id: &str, class: &str, kind: &str, tty: &str) -> FakeSession {
+    FakeSession {
+        id: id.into(),
+        uid: 1000,
+        user: "core".into(),
+        class: class.into(),
+        kind: kind.into(),
+        remote: kind == "tty",
+        tty: tty.into(),
+    }
+}
+
+/// One ssh login on pts/0, one cron job, one user manager.
+fn logins() -> LoginState {
+    LoginState {
+        sessions: vec![
+            session("3", "user", "tty", "pts/0"),
+            session("c1", "background", "unspecified", ""),
+            session("4", "manager", "unspecified", ""),
+        ],
+        reboots: vec![],
+    }
+}
+
+fn opts(call: Duration, transaction: Duration) -> RpmOstreeOptions {
+    RpmOstreeOptions {
+        timeouts: Timeouts { call, transaction },
+        ..RpmOstreeOptions::default()
+    }
+}
+
+fn bus(d: &DbusDaemon) -> Bus {
+    Bus::Address(d.address.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_sessions_finalize_reboot_over_dbus() {
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let login = LogindDouble::start(&daemon.address, logins()).await;
+    let dev = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dev.path().join("pts")).unwrap();
+    std::fs::write(dev.path().join("pts/0"), "").unwrap();
+
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap()
+        .with_wall(Wall {
+            dev_dir: dev.path().into(),
+            ..Wall::default()
+        });
+    assert_eq!(rpm.state().clients, vec!["upshift-agent".to_string()]);
+    os.register_driver().await.unwrap();
+    assert_eq!(rpm.state().drivers, vec!["upshift-agent".to_string()]);
+    assert_eq!(
+        rpm.state().deployments.len(),
+        1,
+        "registering changed nothing"
+    );
+
+    assert_eq!(os.booted().await.unwrap(), rel("41.1", 'a'));
+    assert_eq!(os.staged().await.unwrap(), None);
+
+    os.stage(&rel("41.2", 'b')).await.unwrap();
+    {
+        let s = rpm.state();
+        let call = s.deploys.last().unwrap();
+        assert_eq!(
+            call.revision.as_deref(),
+            Some(&*format!("revision={}", sum('b')))
+        );
+        assert_eq!(call.lock_finalization, Some(true));
+        assert_eq!(call.allow_downgrade, Some(false));
+        assert!(s.deployments[0].staged && s.deployments[0].finalization_locked);
+    }
+    assert_eq!(os.staged().await.unwrap(), Some(rel("41.2", 'b')));
+    assert_eq!(os.booted().await.unwrap(), rel("41.1", 'a'));
+
+    assert_eq!(os.active_sessions().await.unwrap(), 1);
+    assert_eq!(os.message_sessions("rebooting soon").await.unwrap(), 1);
+    let tty = std::fs::read_to_string(dev.path().join("pts/0")).unwrap();
+    assert!(tty.contains("rebooting soon"), "{tty:?}");
+
+    os.finalize().await.unwrap();
+    assert_eq!(rpm.state().finalized, vec![sum('b')]);
+    assert!(!rpm.state().deployments[0].finalization_locked);
+
+    assert!(login.state().reboots.is_empty());
+    os.reboot().await.unwrap();
+    assert_eq!(login.state().reboots, vec![false]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deploy_is_a_typed_error_and_cleanup_unstages() {
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+
+    // A commit the remote does not have.
+    match os.stage(&rel("41.3", 'c')).await {
+        Err(OsError::TransactionFailed {
+            op: Op::Deploy,
+            message,
+        }) => {
+            assert!(message.contains("No such commit"), "{message}")
+        }
+        other => panic!("expected a failed deploy transaction, got {other:?}"),
+    }
+    rpm.state().fail_deploy = Some("error: Writing content object: No space left on device".into());
+    let err = os.stage(&rel("41.2", 'b')).await.unwrap_err();
+    assert!(
+        matches!(&err, OsError::TransactionFailed { op: Op::Deploy, message } if message.contains("No space")),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "transaction_failed");
+    assert_eq!(os.staged().await.unwrap(), None);
+    assert!(matches!(os.finalize().await, Err(OsError::NothingStaged)));
+
+    // Payloads that are neither checksums nor image digests are refused locally.
+    let before = rpm.state().deploys.len();
+    assert!(matches!(
+        os.stage(&Release {
+            version: "41.2".into(),
+            payload: "latest".into()
+        })
+        .await,
+        Err(OsError::UnsupportedPayload(_))
+    ));
+    assert_eq!(rpm.state().deploys.len(), before);
+
+    rpm.state().fail_deploy = None;
+    os.stage(&rel("41.2", 'b')).await.unwrap();
+    assert!(os.staged().await.unwrap().is_some());
+    os.cleanup().await.unwrap();
+    assert_eq!(os.staged().await.unwrap(), None);
+    assert_eq!(
+        rpm.state().cleanups,
+        vec![vec!["pending-deploy".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_services_fail_fast_with_a_typed_error() {
+    let daemon = DbusDaemon::start();
+    // Nothing owns the rpm-ostree or logind names on this bus.
+    let err = RpmOstree::connect(
+        &bus(&daemon),
+        opts(Duration::from_secs(30), Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OsError::ServiceUnavailable {
+                op: Op::RegisterClient,
+                service: "org.projectatomic.rpmostree1",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let conn = zbus::connection::Builder::address(daemon.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let os = RpmOstree::with_connection(conn, RpmOstreeOptions::default());
+    assert!(matches!(
+        os.active_sessions().await,
+        Err(OsError::ServiceUnavailable {
+            op: Op::ListSessions,
+            service: "org.freedesktop.login1",
+            ..
+        })
+    ));
+    assert!(matches!(
+        os.reboot().await,
+        Err(OsError::ServiceUnavailable { op: Op::Reboot, .. })
+    ));
+    // No bus at all.
+    let err = RpmOstree::connect(
+        &Bus::Address("unix:path=/nonexistent/upshift-test-bus".into()),
+        RpmOstreeOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OsError::Dbus {
+                op: Op::Connect,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_daemon_and_stuck_transaction_time_out() {
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let short = Duration::from_millis(300);
+    let os = RpmOstree::connect(&bus(&daemon), opts(short, short))
+        .await
+        .unwrap();
+
+    rpm.state().hang_calls = true;
+    let err = os.booted().await.unwrap_err();
+    assert!(
+        matches!(err, OsError::Timeout { op: Op::ReadDeployments, after } if after == short),
+        "{err:?}"
+    );
+
+    rpm.state().hang_calls = false;
+    rpm.state().hang_transactions = true;
+    let err = os.stage(&rel("41.2", 'b')).await.unwrap_err();
+    assert!(
+        matches!(err, OsError::Timeout { op: Op::Deploy, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_payload_is_rebased_by_image_digest() {
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+    let target = Release {
+        version: "42.1".into(),
+        payload: format!("{IMAGE}@sha256:{}", sum('d')),
+    };
+    os.stage(&target).await.unwrap();
+    {
+        let s = rpm.state();
+        let call = s.deploys.last().unwrap();
+        assert_eq!(call.revision, None);
+        assert_eq!(
+            call.refspec.as_deref(),
+            Some(&*format!("ostree-unverified-registry:{}", target.payload))
+        );
+        assert_eq!(call.lock_finalization, Some(true));
+    }
+    // The staged image deployment reads back as the same release.
+    assert_eq!(os.staged().await.unwrap(), Some(target));
+    // An image the registry does not have fails the transaction.
+    let missing = Release {
+        version: "42.2".into(),
+        payload: format!("{IMAGE}@sha256:{}", sum('f')),
+    };
+    assert!(matches!(
+        os.stage(&missing).await,
+        Err(OsError::TransactionFailed { op: Op::Deploy, .. })
+    ));
+}
