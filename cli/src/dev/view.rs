@@ -1,0 +1,304 @@
+//! The dev mesh's live terminal view: fleet by version and state, each
+//! rollout's throttle and eligible share, reboot-lock holders and queue,
+//! halts and pauses. Data comes from the services' own gRPC APIs (as an
+//! operator would see it) and from the in-process agents' statuses.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use upshift_common::clock::Clock;
+use upshift_proto::lock::v1 as lock_pb;
+use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
+use upshift_proto::policy::v1 as policy_pb;
+use upshift_proto::policy::v1::rollout_admin_service_client::RolloutAdminServiceClient;
+use upshift_proto::telemetry::v1 as telemetry_pb;
+use upshift_proto::telemetry::v1::telemetry_service_client::TelemetryServiceClient;
+
+use super::fleet::{Fleet, FleetCounts};
+use super::{Addresses, DevArgs};
+
+/// One picture of the mesh.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Simulated time.
+    pub now: Option<SystemTime>,
+    /// The in-process agents.
+    pub fleet: FleetCounts,
+    /// Rollouts as the policy service reports them.
+    pub rollouts: Vec<policy_pb::Rollout>,
+    /// Lock groups.
+    pub groups: Vec<lock_pb::Group>,
+    /// The telemetry service's summary.
+    pub summary: Option<telemetry_pb::FleetSummary>,
+    /// Calls that failed this round.
+    pub errors: Vec<String>,
+}
+
+impl Snapshot {
+    /// Every host runs `newest` and is idle.
+    pub fn converged_on(&self, newest: &upshift_agent::os::Release) -> bool {
+        let fleet = &self.fleet;
+        fleet.by_version.get(&newest.version) == Some(&fleet.total)
+            && fleet.by_state.get("idle") == Some(&fleet.total)
+    }
+
+    /// An automatic halt is in force.
+    pub fn halted(&self) -> bool {
+        self.summary.as_ref().is_some_and(|s| !s.halts.is_empty())
+    }
+}
+
+/// Clients of the mesh's services.
+#[derive(Debug)]
+pub struct Viewer {
+    rollouts: RolloutAdminServiceClient<Channel>,
+    lock: LockServiceClient<Channel>,
+    telemetry: TelemetryServiceClient<Channel>,
+    token: String,
+}
+
+fn channel(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
+impl Viewer {
+    /// Connects (lazily) to the services.
+    pub async fn connect(addresses: &Addresses, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            rollouts: RolloutAdminServiceClient::new(channel(addresses.policy)?),
+            lock: LockServiceClient::new(channel(addresses.lock)?),
+            telemetry: TelemetryServiceClient::new(channel(addresses.telemetry)?),
+            token: token.to_string(),
+        })
+    }
+
+    fn admin<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = MetadataValue::try_from(format!("Bearer {}", self.token)) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Gathers one snapshot; failed calls are listed, never fatal.
+    pub async fn snapshot(&mut self, fleet: &Fleet, clock: &dyn Clock) -> Snapshot {
+        let mut snapshot = Snapshot {
+            now: Some(clock.now()),
+            fleet: fleet.counts(),
+            ..Snapshot::default()
+        };
+        let request = self.admin(policy_pb::ListRolloutsRequest {
+            stream: "stable".into(),
+        });
+        match self.rollouts.list_rollouts(request).await {
+            Ok(response) => snapshot.rollouts = response.into_inner().rollouts,
+            Err(status) => snapshot
+                .errors
+                .push(format!("policy: {}", status.message())),
+        }
+        match self
+            .lock
+            .list_groups(lock_pb::ListGroupsRequest::default())
+            .await
+        {
+            Ok(response) => snapshot.groups = response.into_inner().groups,
+            Err(status) => snapshot.errors.push(format!("lock: {}", status.message())),
+        }
+        match self
+            .telemetry
+            .get_fleet_summary(telemetry_pb::GetFleetSummaryRequest::default())
+            .await
+        {
+            Ok(response) => snapshot.summary = response.into_inner().summary,
+            Err(status) => snapshot
+                .errors
+                .push(format!("telemetry: {}", status.message())),
+        }
+        snapshot
+    }
+}
+
+/// The addresses and commands to try, printed once (or above the view).
+pub fn guide(addresses: &Addresses, metadata: &Path, token_file: &Path, args: &DevArgs) -> String {
+    let Addresses {
+        graph,
+        policy,
+        lock,
+        telemetry,
+    } = addresses;
+    format!(
+        "Upshift dev mesh: {agents} simulated hosts, clock x{speed}. Ctrl-C stops it.\n\
+         graph {graph}  policy {policy}  lock {lock}  telemetry {telemetry}  (gRPC + HTTP each)\n\
+         edit {meta}/updates.json to start a rollout; admin token in {token}\n\
+         try: curl -s 'http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=0.5'\n\
+         \x20    grpcurl -plaintext {policy} list   |   curl -s http://{telemetry}/metrics | grep upshift_telemetry\n\
+         \x20    grpcurl -plaintext -H \"authorization: Bearer $(cat {token})\" -d '{{\"stream\":\"stable\"}}' {policy} upshift.policy.v1.RolloutAdminService/ListRollouts\n\
+         \x20    upshift lock list --lock http://{lock}   |   upshift fleet summary --telemetry http://{telemetry}\n",
+        agents = args.agents,
+        speed = args.speed,
+        meta = metadata.display(),
+        token = token_file.display(),
+    )
+}
+
+fn percent(share: f64) -> String {
+    format!("{:5.1}%", share * 100.0)
+}
+
+fn bar(share: f64, width: usize) -> String {
+    let filled = ((share.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn simulated_time(now: Option<SystemTime>) -> String {
+    now.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// The full view.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let fleet = &s.fleet;
+    let total = fleet.total.max(1);
+    let _ = writeln!(out, "simulated time {}", simulated_time(s.now));
+    let _ = writeln!(
+        out,
+        "\nFLEET  {} hosts, {} updates done, {} staging failures{}",
+        fleet.total,
+        fleet.updates,
+        fleet.failures,
+        if fleet.stopped > 0 {
+            format!(", {} agents stopped (see logs)", fleet.stopped)
+        } else {
+            String::new()
+        }
+    );
+    for (version, count) in &fleet.by_version {
+        let share = f64::from(*count) / f64::from(total);
+        let _ = writeln!(
+            out,
+            "  {version:<20} {count:>6} {} {}",
+            bar(share, 30),
+            percent(share)
+        );
+    }
+    let states: Vec<String> = fleet
+        .by_state
+        .iter()
+        .map(|(state, n)| format!("{state} {n}"))
+        .collect();
+    let _ = writeln!(out, "  states: {}", states.join(", "));
+    if !fleet.denied.is_empty() {
+        let denied: Vec<String> = fleet
+            .denied
+            .iter()
+            .map(|(v, n)| format!("{v} on {n} hosts"))
+            .collect();
+        let _ = writeln!(out, "  deny lists: {}", denied.join(", "));
+    }
+
+    let _ = writeln!(out, "\nROLLOUTS (stable)");
+    if s.rollouts.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for r in &s.rollouts {
+        let _ = writeln!(
+            out,
+            "  {:<20} throttle {} {}  eligible {}{}",
+            r.version,
+            bar(r.throttle, 20),
+            percent(r.throttle),
+            percent(r.eligible_share),
+            if r.paused {
+                format!("  PAUSED: {}", r.pause_reason)
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    let _ = writeln!(out, "\nREBOOT LOCKS");
+    for g in &s.groups {
+        let holders: Vec<&str> = g.holders.iter().map(|h| short(&h.id)).collect();
+        let _ = writeln!(
+            out,
+            "  {:<10} {}/{} slots, {} queued{}  {}",
+            g.name,
+            g.holders.len(),
+            g.total_slots,
+            g.queue_length.max(fleet.queued),
+            if g.paused { " PAUSED" } else { "" },
+            holders.join(" ")
+        );
+    }
+
+    let _ = writeln!(out, "\nTELEMETRY");
+    match &s.summary {
+        Some(summary) => {
+            let _ = writeln!(
+                out,
+                "  {} hosts reporting, {} stale",
+                summary.total_hosts, summary.stale_hosts
+            );
+            if summary.halts.is_empty() {
+                let _ = writeln!(out, "  no automatic halts");
+            }
+            for halt in &summary.halts {
+                let _ = writeln!(
+                    out,
+                    "  HALTED {} {}: {}",
+                    halt.stream, halt.version, halt.reason
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(out, "  (no summary yet)");
+        }
+    }
+    for error in &s.errors {
+        let _ = writeln!(out, "  ! {error}");
+    }
+    out
+}
+
+/// One log line for runs without the live view.
+pub fn summary_line(s: &Snapshot) -> String {
+    let versions: Vec<String> = s
+        .fleet
+        .by_version
+        .iter()
+        .map(|(v, n)| format!("{v}={n}"))
+        .collect();
+    let rollouts: Vec<String> = s
+        .rollouts
+        .iter()
+        .map(|r| {
+            format!(
+                "{}@{}{}",
+                r.version,
+                percent(r.throttle).trim(),
+                if r.paused { "(paused)" } else { "" }
+            )
+        })
+        .collect();
+    let holders: usize = s.groups.iter().map(|g| g.holders.len()).sum();
+    let halts = s.summary.as_ref().map_or(0, |x| x.halts.len());
+    format!(
+        "[{}] hosts {} | {} | rollouts {} | lock holders {} | halts {}",
+        simulated_time(s.now),
+        s.fleet.total,
+        versions.join(" "),
+        rollouts.join(" "),
+        holders,
+        halts
+    )
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}

@@ -1,0 +1,98 @@
+//! `upshift dev` as a newcomer runs it (without the live view): the whole
+//! control plane and a simulated fleet on a fast clock. A rollout reaches
+//! every host; a failing release is halted automatically and the rest of
+//! the fleet never gets it.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use upshift_integration::{Workdir, bin, fixtures};
+
+const NEWEST: &str = "34.20211016.3.0";
+const PREVIOUS: &str = "34.20211004.3.1";
+
+/// Runs `upshift dev` to completion; returns its stdout.
+fn dev(dir: &Workdir, extra: &[&str]) -> Result<String> {
+    let output = Command::new(bin("upshift")?)
+        .args(["dev", "--no-ui", "--base-port", "0", "--speed", "10000"])
+        .arg("--workdir")
+        .arg(dir.path().join("dev"))
+        .arg("--fixtures")
+        .arg(fixtures())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running upshift dev")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(
+        output.status.success(),
+        "upshift dev failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    Ok(stdout)
+}
+
+/// The final view's host count for `version` (`  <version>  <count> [...`).
+fn hosts_on(view: &str, version: &str) -> u32 {
+    view.lines()
+        .rev()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(version))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_rollout_reaches_the_whole_simulated_fleet() -> Result<()> {
+    let dir = Workdir::new()?;
+    let view = dev(
+        &dir,
+        &[
+            "--agents",
+            "40",
+            "--until",
+            "converged",
+            "--run-for",
+            "300s",
+        ],
+    )?;
+    assert_eq!(hosts_on(&view, NEWEST), 40, "{view}");
+    assert_eq!(hosts_on(&view, PREVIOUS), 0, "{view}");
+    assert!(view.contains("no automatic halts"), "{view}");
+    // The working copy of the metadata is there to edit.
+    assert!(
+        dir.path()
+            .join("dev/metadata/stable/updates.json")
+            .is_file()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_release_is_halted_and_the_rest_never_get_it() -> Result<()> {
+    let dir = Workdir::new()?;
+    let fail = format!("{NEWEST}:50");
+    let view = dev(
+        &dir,
+        &[
+            "--agents",
+            "40",
+            "--fail",
+            &fail,
+            "--until",
+            "halted",
+            "--run-for",
+            "300s",
+        ],
+    )?;
+    assert!(view.contains(&format!("HALTED stable {NEWEST}")), "{view}");
+    assert!(view.contains("PAUSED: automatic halt"), "{view}");
+    // Half the hosts would fail; the halt stops the rollout long before the
+    // other half has it.
+    assert!(hosts_on(&view, NEWEST) < 20, "{view}");
+    Ok(())
+}
