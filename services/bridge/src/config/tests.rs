@@ -338,3 +338,20 @@ fn load_names_the_file_and_checks_the_server_section() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/bridge/bridge.toml");
+    let (config, settings) = load(&path).unwrap();
+    assert_eq!(config.server.listen.port(), DEFAULT_PORT);
+    assert_eq!(
+        settings.selectors["agent"].source,
+        Source::Uds {
+            path: "/run/upshift/agent-metrics.sock".into()
+        }
+    );
+    assert!(matches!(
+        settings.selectors["textfile"].source,
+        Source::File { .. }
+    ));
+}
