@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::CompactCodec")
         .file_descriptor_set_path(out_dir.join("upshift_descriptor.bin"))
         .compile_with_config(config, PROTOS, &includes)?;
     for proto in PROTOS {

@@ -9,6 +9,8 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/upshift_descriptor.bin"));
 
+pub mod codec;
+
 /// `upshift.graph.v1`: update graphs per scope.
 pub mod graph {
     pub mod v1 {
