@@ -7,6 +7,7 @@ mod dbus_daemon;
 mod dbus_doubles;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dbus_daemon::DbusDaemon;
@@ -311,4 +312,100 @@ async fn oci_payload_is_rebased_by_image_digest() {
         os.stage(&missing).await,
         Err(OsError::TransactionFailed { op: Op::Deploy, .. })
     ));
+}
+
+/// The agent's own run loop against the doubles: Cincinnati graph and a
+/// FleetLock server over HTTP, the sessions gate reading logind; the agent
+/// stages, is refused the lock, gets it, finalizes and reboots, all through
+/// real D-Bus calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_driver_updates_the_host_over_dbus() {
+    use upshift_agent::config::MergedInputs;
+    use upshift_agent::driver::{Exit, Ident, run};
+    use upshift_agent::settings::{HintBackend, LockKind, Settings};
+
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    // Nobody at a terminal: a cron job and a user manager only.
+    let mut idle = logins();
+    idle.sessions.remove(0);
+    let login = LogindDouble::start(&daemon.address, idle).await;
+
+    let graph = format!(
+        r#"{{"nodes":[
+ {{"version":"41.1","payload":"{a}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"0"}}}},
+ {{"version":"41.2","payload":"{b}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"1"}}}}],
+ "edges":[[0,1]]}}"#,
+        a = sum('a'),
+        b = sum('b')
+    );
+    // FleetLock: the first pre-reboot is refused (another node holds the
+    // slot). Each attempt records what the host looked like at that moment.
+    let seen: Arc<Mutex<Vec<(bool, usize)>>> = Arc::default();
+    let (seen2, host_state) = (seen.clone(), rpm.state.clone());
+    let app = axum::Router::new()
+        .route(
+            "/v1/graph",
+            axum::routing::get(move || {
+                let g = graph.clone();
+                async move { g }
+            }),
+        )
+        .route(
+            "/v1/pre-reboot",
+            axum::routing::post(move || {
+                let (seen, host) = (seen2.clone(), host_state.clone());
+                async move {
+                    let h = host.lock().unwrap();
+                    let staged = h.deployments.iter().any(|d| d.staged);
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((staged, h.finalized.len()));
+                    if seen.len() == 1 {
+                        axum::http::StatusCode::CONFLICT
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let t = tempfile::tempdir().unwrap();
+    let mut s = Settings::validate(&MergedInputs::default(), t.path()).unwrap();
+    s.hint_backend = HintBackend::Cincinnati;
+    s.cincinnati_url = Some(base.clone());
+    s.lock_kind = LockKind::Fleetlock;
+    s.lock_url = Some(base);
+    s.poll_interval = Duration::from_millis(50);
+    let ident = Ident {
+        node_uuid: "u1".into(),
+        platform: "qemu".into(),
+        motd_path: None,
+    };
+    let os = RpmOstree::start(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(&s, &ident, &os, &upshift_common::clock::SystemClock),
+    )
+    .await
+    .expect("the agent finishes its update")
+    .unwrap();
+    assert_eq!(exit, Exit::Rebooted);
+
+    let st = rpm.state();
+    let deploys: Vec<_> = st.deploys.iter().filter(|c| c.revision.is_some()).collect();
+    assert_eq!(deploys.len(), 1, "staged exactly once: {:?}", st.deploys);
+    assert_eq!(
+        deploys[0].revision.as_deref(),
+        Some(&*format!("revision={}", sum('b')))
+    );
+    assert_eq!(deploys[0].lock_finalization, Some(true));
+    assert_eq!(st.finalized, vec![sum('b')]);
+    assert_eq!(login.state().reboots, vec![false]);
+    // Staged before asking for the lock, finalized only after getting it.
+    assert_eq!(*seen.lock().unwrap(), vec![(true, 0), (true, 0)]);
 }

@@ -94,26 +94,40 @@ fn run(root: &Path) -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    if s.os_backend != settings::OsBackend::Simulated {
-        eprintln!("os.backend = \"rpm-ostree\" is not implemented yet; use \"simulated\"");
-        return ExitCode::from(78);
-    }
-    let sim = os::Simulated {
-        file: s.simulated_state_file.clone(),
-        fail_versions: s.fail_versions.clone(),
-        initial: os::Release {
-            version: "0".into(),
-            payload: "0".into(),
-        },
-    };
-    sd_notify("READY=1\nSTATUS=running");
     let Some(rt) = runtime() else {
         return ExitCode::from(70);
     };
-    match rt.block_on(app::run_agent(&s, &ident, &sim)) {
+    let result = match s.os_backend {
+        settings::OsBackend::Simulated => {
+            let sim = os::Simulated {
+                file: s.simulated_state_file.clone(),
+                fail_versions: s.fail_versions.clone(),
+                initial: os::Release {
+                    version: "0".into(),
+                    payload: "0".into(),
+                },
+            };
+            sd_notify("READY=1\nSTATUS=running");
+            rt.block_on(app::run_agent(&s, &ident, &sim))
+        }
+        settings::OsBackend::RpmOstree => rt.block_on(async {
+            let opts = os::rpm_ostree::RpmOstreeOptions {
+                allow_downgrade: s.allow_downgrade,
+                ..Default::default()
+            };
+            let host = os::rpm_ostree::RpmOstree::start(&os::dbus::Bus::System, opts).await?;
+            sd_notify("READY=1\nSTATUS=running");
+            app::run_agent(&s, &ident, &host).await
+        }),
+    };
+    match result {
         Ok(upshift_agent::driver::Exit::Rebooted) => {
             sd_notify("STOPPING=1\nSTATUS=rebooting");
-            ExitCode::from(os::EXIT_SIMULATED_REBOOT)
+            match s.os_backend {
+                settings::OsBackend::Simulated => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
+                // logind is taking the host down.
+                settings::OsBackend::RpmOstree => ExitCode::SUCCESS,
+            }
         }
         Ok(upshift_agent::driver::Exit::Cancelled) => ExitCode::SUCCESS,
         Err(e) => {

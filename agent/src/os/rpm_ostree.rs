@@ -176,6 +176,14 @@ impl RpmOstree {
         Ok(me)
     }
 
+    /// What the agent does at start-up: [`RpmOstree::connect`] on `bus`,
+    /// then [`RpmOstree::register_driver`].
+    pub async fn start(bus: &Bus, opts: RpmOstreeOptions) -> Result<RpmOstree, OsError> {
+        let me = RpmOstree::connect(bus, opts).await?;
+        me.register_driver().await?;
+        Ok(me)
+    }
+
     /// Uses an existing connection for both rpm-ostree and logind.
     pub fn with_connection(conn: Connection, opts: RpmOstreeOptions) -> RpmOstree {
         let logind = Logind::new(conn.clone(), opts.timeouts.call);
