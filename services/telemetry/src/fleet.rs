@@ -30,6 +30,14 @@ impl ReleaseStats {
         self.open_starts.range(..=cutoff_ms).map(|(_, n)| *n).sum()
     }
 
+    /// The earliest start of an open attempt after `cutoff_ms` (the next to become overdue).
+    pub fn next_open_start_after(&self, cutoff_ms: u64) -> Option<u64> {
+        self.open_starts
+            .range(cutoff_ms.saturating_add(1)..)
+            .next()
+            .map(|(t, _)| *t)
+    }
+
     fn add(&mut self, a: &Attempt, sign: i64) {
         let bump = |v: &mut u32| *v = (i64::from(*v) + sign).max(0) as u32;
         bump(&mut self.attempted);
@@ -139,6 +147,22 @@ impl Fleet {
             .keys()
             .filter(move |(s, _)| s == stream)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The next instant (epoch ms) at which an attempt turns overdue under
+    /// `rule_of(stream)`'s `steady_within`, for releases without a halt.
+    pub fn next_overdue(&self, now_ms: u64, rule_of: impl Fn(&str) -> HaltRule) -> Option<u64> {
+        self.releases
+            .iter()
+            .filter(|((s, v), _)| self.halt(s, v).is_none())
+            .filter_map(|((s, _), stats)| {
+                let rule = rule_of(s);
+                let d = duration_ms(rule.steady_within.filter(|_| rule.enabled)?);
+                stats
+                    .next_open_start_after(now_ms.saturating_sub(d))
+                    .map(|t| t.saturating_add(d))
+            })
+            .min()
     }
 
     /// Every (stream, version) with attempts.

@@ -103,3 +103,62 @@ async fn stale_then_dropped_on_the_injected_clock() {
     assert_eq!((next.total_hosts, next.stale_hosts), (1, 2));
     shutdown.cancel();
 }
+
+/// Attempts that never reach steady halt the release once `steady_within`
+/// passes, with no further report (the policy is unreachable here: the halt
+/// is recorded and its pause retried).
+#[tokio::test(start_paused = true)]
+async fn attempts_not_steady_in_time_halt_without_reports() {
+    let store = harness::mem_store();
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(T0), 1.0);
+    let toml = r#"
+        [policy]
+        url = "http://127.0.0.1:9"
+        admin_token = "0123456789abcdef"
+        [halt.default]
+        min_attempts = 10
+        max_failure_ratio = 0.25
+        steady_within = "1h"
+    "#;
+    let settings = parse_toml::<TelemetryConfig>(toml)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let metrics = Metrics::new("upshift-telemetry");
+    let tm = TelemetryMetrics::new(metrics.meter(), 50);
+    let shutdown = CancellationToken::new();
+    let svc = TelemetryService::start(settings, store.clone(), clock, tm, shutdown.clone())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let st = status(
+            &format!("s{i}"),
+            "default",
+            "1.0",
+            "2.0",
+            AgentState::Staged,
+            "",
+        );
+        let generation = svc.ingest(&st).unwrap();
+        svc.wait_stored(generation).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for i in 0..7 {
+        let st = status(&format!("s{i}"), "default", "2.0", "", AgentState::Idle, "");
+        let generation = svc.ingest(&st).unwrap();
+        svc.wait_stored(generation).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3530)).await;
+    assert!(svc.halts().is_empty(), "not before the hour is up");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let halts = svc.halts();
+    assert_eq!(halts.len(), 1);
+    assert!(
+        halts[0].reason.contains("3 not steady within 1h"),
+        "{}",
+        halts[0].reason
+    );
+    let (kvs, _) = store.list("telemetry/halts/").await.unwrap();
+    assert_eq!(kvs.len(), 1);
+    shutdown.cancel();
+}

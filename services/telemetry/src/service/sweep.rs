@@ -1,7 +1,7 @@
 //! The one ageing task: sleeps (on the injected clock) until the next host
-//! turns stale or is due to be dropped, then announces the change, drops
-//! what is due and re-evaluates the halt rules (whose `steady_within` limit
-//! depends on time alone). No per-host timers.
+//! turns stale or is due to be dropped, or the next update attempt exceeds
+//! its stream's `steady_within`, then announces the change, drops what is
+//! due and re-evaluates the halt rules. No per-host timers.
 
 use std::time::Duration;
 
@@ -28,7 +28,11 @@ fn next_deadline(svc: &TelemetryService, now_ms: u64) -> Option<u64> {
         .next_seen_after(now_ms.saturating_sub(stale))
         .map(|t| t.saturating_add(stale));
     let next_drop = fleet.oldest_seen().map(|t| t.saturating_add(drop));
-    [next_stale, next_drop].into_iter().flatten().min()
+    let next_overdue = fleet.next_overdue(now_ms, |s| svc.inner.settings.rule(s));
+    [next_stale, next_drop, next_overdue]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 async fn run(svc: &TelemetryService) {
