@@ -860,3 +860,189 @@ async fn fleet_summary_and_hosts_from_a_real_telemetry_service() -> Result<()> {
     assert_eq!(status["services"][0]["details"]["hosts"], 3, "{status}");
     Ok(())
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate with CN `ops-admin`, as PEM files in `dir`.
+fn make_certificates(dir: &Path) -> Result<()> {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=upshift-test-ca",
+    ]);
+    openssl(dir, &ca)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    for (name, cn) in [("server", "localhost"), ("client", "ops-admin")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subject = format!("/CN={cn}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(dir, &req)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_and_an_admin_client_certificate() -> Result<()> {
+    if !upshift_integration::tools::on_path("openssl") {
+        eprintln!("NOTICE: openssl not on PATH; skipping the TLS test");
+        return Ok(());
+    }
+    let dir = Workdir::new()?;
+    make_certificates(dir.path())?;
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let config = dir.path().join("lock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nadmin_cert_names = [\"ops-admin\"]\ndata_dir = {:?}\n\
+             [server.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             [default]\nslots = 1\n",
+            file("lock-data"),
+            file("server.pem"),
+            file("server.key"),
+            file("ca.pem"),
+        ),
+    )?;
+    let lock = ServiceProcess::start(
+        "lock",
+        dir.path(),
+        &["serve", "lock", "--config", config.to_str().unwrap()],
+    )?;
+    let https = format!("https://{}", lock.addr());
+    let ca = file("ca.pem");
+    let mut serving = false;
+    for _ in 0..200 {
+        if run_cli(&["health", &https, "--ca-file", &ca], &[])?.code == Some(0) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "the TLS lock service never became healthy");
+
+    let untrusted = run_cli(&["health", &https], &[])?.expect(3)?;
+    assert!(
+        untrusted.stderr.contains("--ca-file"),
+        "{}",
+        untrusted.stderr
+    );
+    let plain = run_cli(&["health", &lock.url(), "--timeout", "5s"], &[])?.expect(3)?;
+    assert!(plain.stderr.contains(&lock.url()), "{}", plain.stderr);
+
+    let pause = [
+        "lock",
+        "pause",
+        "workers",
+        "--reason",
+        "tls test",
+        "--lock",
+        &https,
+        "--ca-file",
+        &ca,
+    ];
+    let refused = run_cli(&pause, &[])?.expect(1)?;
+    assert!(
+        refused.stderr.contains("unauthenticated"),
+        "{}",
+        refused.stderr
+    );
+    let mut with_cert = pause.to_vec();
+    let (cert, key) = (file("client.pem"), file("client.key"));
+    with_cert.extend(["--client-cert", &cert, "--client-key", &key, "-o", "json"]);
+    let paused = run_cli(&with_cert, &[])?.expect(0)?.json()?;
+    assert_eq!(paused["paused"], true);
+    let audit = run_cli(
+        &[
+            "lock",
+            "audit",
+            "--lock",
+            &https,
+            "--ca-file",
+            &ca,
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "-o",
+            "json",
+        ],
+        &[],
+    )?
+    .expect(0)?
+    .json()?;
+    assert_eq!(audit["entries"][0]["actor"], "cert:ops-admin", "{audit}");
+    run_cli(
+        &[
+            "lock",
+            "list",
+            "--lock",
+            &https,
+            "--ca-file",
+            &ca,
+            "--client-cert",
+            &cert,
+        ],
+        &[],
+    )?
+    .expect(2)?;
+    Ok(())
+}

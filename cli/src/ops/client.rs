@@ -227,10 +227,14 @@ impl Conn {
         let channel = match tokio::time::timeout(options.timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(err)) => {
+                let mut reason = error_chain(&err);
+                if reason.contains("certificate") {
+                    reason.push_str(" (for a private CA, give it with --ca-file)");
+                }
                 return Err(OpsError::Unreachable {
                     service,
                     url: url.to_string(),
-                    reason: error_chain(&err),
+                    reason,
                 });
             }
             Err(_) => {
@@ -264,6 +268,18 @@ impl Conn {
 
     /// Turns a failed call into an error naming the service and URL.
     pub fn fail(&self, status: Status) -> OpsError {
+        // A connection that breaks during the call (e.g. plain HTTP/2 to a
+        // TLS port) surfaces as `unknown` or `internal` with a local source
+        // error; statuses sent by a server carry no source.
+        if matches!(status.code(), Code::Unknown | Code::Internal)
+            && let Some(source) = std::error::Error::source(&status)
+        {
+            return OpsError::Unreachable {
+                service: self.service.clone(),
+                url: self.url.clone(),
+                reason: format!("{}: {}", status.message(), error_chain(source)),
+            };
+        }
         let hint = match status.code() {
             Code::Unauthenticated | Code::PermissionDenied if self.options.token.is_none() => {
                 " (no admin token given: use --admin-token-file FILE or UPSHIFT_ADMIN_TOKEN)"
