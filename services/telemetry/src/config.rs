@@ -282,7 +282,9 @@ impl PolicyConfig {
             },
             (None, None) => server.admin_token().unwrap_or_default(),
         };
-        if admin_token.as_deref().is_none_or(str::is_empty) {
+        let unreadable =
+            self.admin_token.is_none() && self.admin_token_file.is_some() && admin_token.is_none();
+        if !unreadable && admin_token.as_deref().is_none_or(str::is_empty) {
             errors.push(
                 "policy.admin_token_file",
                 "automatic halts need the policy admin token (policy.admin_token_file or \
