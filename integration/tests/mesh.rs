@@ -291,6 +291,56 @@ async fn lock_speaks_fleetlock_and_grpc_and_keeps_holders_across_restart() -> Re
         200
     );
 
+    let described = grpcurl(&[lock.addr(), "describe", "upshift.lock.v1.LockService"])?;
+    assert!(described.contains("rpc Acquire"), "{described}");
+    let groups = grpcurl(&[lock.addr(), "upshift.lock.v1.LockService/ListGroups"])?;
+    assert!(
+        groups.contains("workers") && groups.contains("node-b"),
+        "{groups}"
+    );
+
+    // An Acquire stream through grpcurl: queued behind node-b, granted once
+    // node-b releases over FleetLock.
+    let waiter = std::process::Command::new("grpcurl")
+        .args(["-plaintext", "-d", r#"{"id":"node-c","group":"workers"}"#])
+        .arg(lock.addr())
+        .arg("upshift.lock.v1.LockService/Acquire")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running grpcurl")?;
+    // Wait until the waiter is queued (the group shows it), then release.
+    let mut queued = false;
+    for _ in 0..200 {
+        if holders(&lock, "workers")?.contains("\"queueLength\": 1") {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        queued,
+        "the Acquire call never queued: {}",
+        holders(&lock, "workers")?
+    );
+    assert_eq!(
+        fleetlock(&lock, "steady-state", "node-b", "workers")
+            .await?
+            .0,
+        200
+    );
+    let output = tokio::task::spawn_blocking(move || waiter.wait_with_output()).await??;
+    let stream = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stream}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let queued_at = stream.find("queued").context("no queued message")?;
+    let granted_at = stream.find("granted").context("no granted message")?;
+    assert!(queued_at < granted_at, "{stream}");
+    assert!(holders(&lock, "workers")?.contains("node-c"));
+
     let metrics = reqwest::get(format!("{}/metrics", lock.url()))
         .await?
         .text()
