@@ -161,11 +161,11 @@ impl TelemetryService {
 
     /// Waits until the write generation `generation` is stored.
     pub async fn wait_stored(&self, generation: u64) -> Result<(), TelemetryError> {
-        self.inner
-            .writer
-            .wait_stored(generation)
-            .await
-            .map_err(|_| TelemetryError::ShuttingDown)
+        // The writer stops at shutdown: nothing is acknowledged after it.
+        tokio::select! {
+            () = self.inner.shutdown.cancelled() => Err(TelemetryError::ShuttingDown),
+            r = self.inner.writer.wait_stored(generation) => r.map_err(|_| TelemetryError::ShuttingDown),
+        }
     }
 
     /// Evaluates every release's halt rule now (time-based limits).
