@@ -409,3 +409,19 @@ async fn agent_driver_updates_the_host_over_dbus() {
     // Staged before asking for the lock, finalized only after getting it.
     assert_eq!(*seen.lock().unwrap(), vec![(true, 0), (true, 0)]);
 }
+
+/// The shipped D-Bus policy parses: dbus-daemon refuses to start with a
+/// malformed included file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dist_dbus_policy_is_accepted_by_dbus_daemon() {
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dist/dbus/usr/share/dbus-1/system.d/upshift-agent.conf");
+    assert!(policy.exists(), "{} is missing", policy.display());
+    let daemon = DbusDaemon::start_with_includes(&[&policy]);
+    let conn = zbus::connection::Builder::address(daemon.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert!(conn.unique_name().is_some());
+}

@@ -15,12 +15,18 @@ pub struct DbusDaemon {
 impl DbusDaemon {
     /// Starts `dbus-daemon --config-file=<allow everything> --print-address --nofork`.
     pub fn start() -> DbusDaemon {
+        DbusDaemon::start_with_includes(&[])
+    }
+
+    /// Like [`DbusDaemon::start`], with extra policy files `<include>`d
+    /// (the daemon refuses to start when one is malformed).
+    pub fn start_with_includes(includes: &[&Path]) -> DbusDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
         // The daemon's own complaints go to a file, not the test output.
         let log = std::fs::File::create(dir.path().join("dbus-daemon.log")).expect("log file");
-        std::fs::write(&config, config_text(&socket)).expect("write bus config");
+        std::fs::write(&config, config_text(&socket, includes)).expect("write bus config");
         let mut child = match Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .arg("--print-address")
@@ -43,10 +49,12 @@ impl DbusDaemon {
             .read_line(&mut line)
             .expect("read dbus-daemon address");
         let address = line.trim().to_owned();
-        assert!(
-            address.starts_with("unix:"),
-            "dbus-daemon printed no address (got {address:?})"
-        );
+        if !address.starts_with("unix:") {
+            let _ = child.wait();
+            let log =
+                std::fs::read_to_string(dir.path().join("dbus-daemon.log")).unwrap_or_default();
+            panic!("dbus-daemon printed no address (got {address:?}); its log:\n{log}");
+        }
         DbusDaemon {
             child,
             address,
@@ -62,7 +70,11 @@ impl Drop for DbusDaemon {
     }
 }
 
-fn config_text(socket: &Path) -> String {
+fn config_text(socket: &Path, includes: &[&Path]) -> String {
+    let includes: String = includes
+        .iter()
+        .map(|p| format!("  <include>{}</include>\n", p.display()))
+        .collect();
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -75,7 +87,7 @@ fn config_text(socket: &Path) -> String {
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
-</busconfig>
+{includes}</busconfig>
 "#,
         socket.display()
     )
