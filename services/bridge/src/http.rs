@@ -12,9 +12,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 
-use crate::config::BridgeSettings;
+use crate::config::{BridgeSettings, Selector};
+use crate::error::SourceError;
 use crate::metrics::{BridgeMetrics, Rejection};
-use crate::source::{self, ScrapeRequest};
+use crate::source::{self, Exposition, ScrapeRequest};
 
 /// `Content-Type` of a text exposition when nothing else is known.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -69,11 +70,21 @@ async fn scrape(
             .cloned(),
     };
     let started = Instant::now();
-    match source::fetch(&selector.source, &limits, &request).await {
+    let result = source::fetch(&selector.source, &limits, &request).await;
+    answer(&bridge.metrics, selector, result, started.elapsed())
+}
+
+/// Records the scrape and renders its answer: the exposition, or a short text error.
+fn answer(
+    metrics: &BridgeMetrics,
+    selector: &Selector,
+    result: Result<Exposition, SourceError>,
+    elapsed: Duration,
+) -> Response {
+    let name = selector.name.as_str();
+    match result {
         Ok(exposition) => {
-            bridge
-                .metrics
-                .served(name, exposition.body.len(), started.elapsed());
+            metrics.served(name, exposition.body.len(), elapsed);
             let content_type = selector
                 .content_type
                 .clone()
@@ -83,7 +94,7 @@ async fn scrape(
         }
         Err(error) => {
             let reason = error.reason();
-            bridge.metrics.failed(name, reason, started.elapsed());
+            metrics.failed(name, reason, elapsed);
             let detail = error.chain();
             tracing::warn!(selector = name, kind = selector.source.kind(), reason = reason.as_str(), error = %detail, "scrape failed");
             let what = if reason.is_timeout() {

@@ -142,9 +142,8 @@ async fn own_metrics_pass_promtool_and_count_every_outcome() {
     let _good = UdsServer::start(&good, Script::Dump(text.clone().into()));
     let _hang = UdsServer::start(&hang, Script::Hang);
     let bridge = Bridge::start(&format!(
-        "[defaults]\nread_timeout = \"200ms\"\n\
-         [selectors.good]\nkind = \"uds\"\npath = \"{}\"\n\
-         [selectors.hang]\nkind = \"uds\"\npath = \"{}\"\n\
+        "[selectors.good]\nkind = \"uds\"\npath = \"{}\"\n\
+         [selectors.hang]\nkind = \"uds\"\npath = \"{}\"\nread_timeout = \"200ms\"\n\
          [selectors.gone]\nkind = \"file\"\npath = \"{}\"\n\
          [selectors.idle]\nkind = \"file\"\npath = \"/nonexistent/never-scraped\"\n",
         good.display(),

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use ::http::{HeaderValue, Request, header};
+use ::http::{HeaderValue, Request, Response, header};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -116,11 +116,30 @@ where
     let _connection = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
+    let request = build_request(authority, path_and_query, scrape, url)?;
+    let response = timeout(limits.read_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| SourceError::ReadTimeout(limits.read_timeout))?
+        .map_err(protocol)?;
+    let openmetrics_type = check_head(&response, limits, url)?;
+    let body = read_body(response.into_body(), limits, url).await?;
+    Ok(Exposition {
+        body,
+        openmetrics_type,
+    })
+}
+
+fn build_request(
+    authority: &str,
+    path_and_query: &str,
+    scrape: &ScrapeRequest,
+    url: &str,
+) -> Result<Request<Empty<Bytes>>, SourceError> {
     let accept = scrape
         .accept
         .clone()
         .unwrap_or(HeaderValue::from_static(DEFAULT_ACCEPT));
-    let request = Request::get(path_and_query)
+    Request::get(path_and_query)
         .header(header::HOST, authority)
         .header(header::ACCEPT, accept)
         .header(
@@ -131,22 +150,22 @@ where
         .map_err(|e| SourceError::Unavailable {
             target: url.to_string(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
-    let response = timeout(limits.read_timeout, sender.send_request(request))
-        .await
-        .map_err(|_| SourceError::ReadTimeout(limits.read_timeout))?
-        .map_err(protocol)?;
+        })
+}
+
+/// Fails on a non-2xx status or a declared length past the limit; returns
+/// the source's OpenMetrics content type, if it declared one.
+fn check_head(
+    response: &Response<Incoming>,
+    limits: &Limits,
+    url: &str,
+) -> Result<Option<HeaderValue>, SourceError> {
     if !response.status().is_success() {
         return Err(SourceError::HttpStatus {
             target: url.to_string(),
             status: response.status(),
         });
     }
-    let openmetrics_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .filter(|v| is_openmetrics(v))
-        .cloned();
     let declared = response
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -157,11 +176,11 @@ where
             limit: limits.max_bytes,
         });
     }
-    let body = read_body(response.into_body(), limits, url).await?;
-    Ok(Exposition {
-        body,
-        openmetrics_type,
-    })
+    Ok(response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .filter(|v| is_openmetrics(v))
+        .cloned())
 }
 
 /// Reads the body to its end; hyper reports a body cut short (by
