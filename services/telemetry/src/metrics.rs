@@ -235,3 +235,34 @@ impl TelemetryMetrics {
             .build();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_capped_per_dimension() {
+        let b = LabelBudget::new(2);
+        assert_eq!(b.label("version", "1"), "1");
+        assert_eq!(b.label("version", "2"), "2");
+        assert_eq!(b.label("version", "3"), OTHER);
+        assert_eq!(b.label("version", "1"), "1", "known values stay");
+        assert_eq!(b.label("group", "3"), "3", "dimensions are separate");
+    }
+
+    #[test]
+    fn events_become_bounded_series() {
+        let m = upshift_common::telemetry::Metrics::new("t");
+        let tm = TelemetryMetrics::new(m.meter(), 1);
+        let failed = |v: &str| AttemptEvent::Failed {
+            stream: "stable".into(),
+            version: v.into(),
+            kind: "staging-failed".into(),
+        };
+        tm.attempt_events(&[failed("1"), failed("2"), failed("3")]);
+        let text = m.render();
+        assert!(text.contains(r#"target_version="1""#), "{text}");
+        assert!(text.contains(r#"target_version="other""#), "{text}");
+        assert!(!text.contains(r#"target_version="2""#), "{text}");
+    }
+}
