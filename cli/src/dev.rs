@@ -145,6 +145,7 @@ pub fn run(args: DevArgs) -> ExitCode {
 /// The addresses of the running mesh.
 #[derive(Debug, Clone)]
 pub struct Addresses {
+    pub bridge: SocketAddr,
     pub graph: SocketAddr,
     pub policy: SocketAddr,
     pub lock: SocketAddr,
@@ -224,14 +225,31 @@ async fn mesh(args: DevArgs) -> anyhow::Result<()> {
         clock.clone(),
     )
     .await?;
+    // The bridge serves the first simulated host's metrics socket, as it
+    // would on a real host.
+    let bridge_listen = SocketAddr::new(
+        args.host,
+        if args.base_port == 0 {
+            0
+        } else {
+            upshift_bridge::config::DEFAULT_PORT
+        },
+    );
+    let agent_socket = state
+        .join("fleet")
+        .join(fleet::member_dir(0))
+        .join("run/upshift")
+        .join(upshift_agent::local::METRICS_SOCKET);
+    let bridge = start_bridge(bridge_listen, &agent_socket, clock.clone()).await?;
     let addresses = Addresses {
+        bridge: bridge.local_addr(),
         graph: graph_addr,
         policy: policy_addr,
         lock: lock_addr,
         telemetry: telemetry.local_addr(),
     };
     let mut servers = Vec::new();
-    for server in [graph, policy, lock, telemetry] {
+    for server in [graph, policy, lock, telemetry, bridge] {
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             server.serve(stop.cancelled_owned()).await
@@ -370,6 +388,21 @@ async fn start_telemetry(
     config.server = server;
     let settings = config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     serve::telemetry::bind(&config, settings, store, clock, Metrics::new("telemetry")).await
+}
+
+async fn start_bridge(
+    listen: SocketAddr,
+    agent_socket: &Path,
+    clock: SharedClock,
+) -> anyhow::Result<BoundServer> {
+    let mut config: upshift_bridge::BridgeConfig = parse_toml(&format!(
+        "[selectors.agent]\nkind = \"uds\"\npath = {:?}\n",
+        agent_socket.display().to_string()
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.server.listen = listen;
+    let settings = config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(upshift_bridge::bind(&config.server, settings, Metrics::new("bridge"), clock).await?)
 }
 
 /// A fresh random admin token, written to `state/admin-token` for grpcurl

@@ -96,3 +96,76 @@ fn a_failing_release_is_halted_and_the_rest_never_get_it() -> Result<()> {
     assert!(hosts_on(&view, NEWEST) < 20, "{view}");
     Ok(())
 }
+
+/// The addresses `upshift dev` prints: `graph A  policy B  lock C  telemetry D ... bridge E`.
+fn printed_address(guide: &str, name: &str) -> Option<String> {
+    let mut words = guide.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == name {
+            return words.next().map(str::to_string);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_printed_addresses_answer_including_the_bridge() -> Result<()> {
+    use std::io::BufRead;
+    let dir = Workdir::new()?;
+    let mut child = Command::new(bin("upshift")?)
+        .args(["dev", "--no-ui", "--base-port", "0", "--agents", "3"])
+        .args(["--run-for", "300s"])
+        .arg("--workdir")
+        .arg(dir.path().join("dev"))
+        .arg("--fixtures")
+        .arg(fixtures())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let guide = tokio::task::spawn_blocking(move || {
+        let mut guide = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            let done = line.contains("bridge ");
+            guide.push_str(&line);
+            guide.push('\n');
+            if done {
+                break;
+            }
+        }
+        guide
+    })
+    .await?;
+    let result = async {
+        let policy = printed_address(&guide, "policy").context("policy address")?;
+        let bridge = printed_address(&guide, "bridge").context("bridge address")?;
+        let graph = reqwest::get(format!(
+            "http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=1"
+        ))
+        .await?;
+        anyhow::ensure!(
+            graph.status() == 200,
+            "policy /v1/graph: {}",
+            graph.status()
+        );
+        // The agent's socket appears once host 0 is up: retry briefly.
+        let mut last = String::new();
+        for _ in 0..100 {
+            let response = reqwest::get(format!("http://{bridge}/bridge?selector=agent")).await?;
+            let status = response.status();
+            last = response.text().await?;
+            if status == 200 {
+                anyhow::ensure!(last.contains("upshift_agent_"), "{last}");
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the bridge never served the agent's metrics: {last}")
+    }
+    .await;
+    child.kill().ok();
+    child.wait().ok();
+    result.with_context(|| format!("guide:\n{guide}"))
+}

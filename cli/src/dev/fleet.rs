@@ -84,7 +84,7 @@ impl Fleet {
     pub fn spawn(options: &FleetOptions) -> anyhow::Result<Self> {
         let mut members = Vec::with_capacity(options.agents as usize);
         for index in 0..options.agents {
-            let root = options.dir.join(format!("node-{index:05}"));
+            let root = options.dir.join(member_dir(index));
             let fails = options
                 .fail
                 .as_ref()
@@ -103,7 +103,9 @@ impl Fleet {
                 options.cancel.clone(),
                 EmbedOptions {
                     initial: options.initial.clone(),
-                    sockets: false,
+                    // The first host serves its metrics and control
+                    // sockets, for the bridge and `upshift-agent status`.
+                    sockets: index == 0,
                 },
             )
             .with_context(|| format!("starting agent {index}"))?;
@@ -149,6 +151,11 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The root directory name of agent `index`.
+pub fn member_dir(index: u32) -> String {
+    format!("node-{index:05}")
 }
 
 /// Whether agent `index` of `agents` is one of the `percent` that fail,

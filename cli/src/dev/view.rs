@@ -126,6 +126,7 @@ impl Viewer {
 /// The addresses and commands to try, printed once (or above the view).
 pub fn guide(addresses: &Addresses, metadata: &Path, token_file: &Path, args: &DevArgs) -> String {
     let Addresses {
+        bridge,
         graph,
         policy,
         lock,
@@ -133,11 +134,12 @@ pub fn guide(addresses: &Addresses, metadata: &Path, token_file: &Path, args: &D
     } = addresses;
     format!(
         "Upshift dev mesh: {agents} simulated hosts, clock x{speed}. Ctrl-C stops it.\n\
-         graph {graph}  policy {policy}  lock {lock}  telemetry {telemetry}  (gRPC + HTTP each)\n\
+         graph {graph}  policy {policy}  lock {lock}  telemetry {telemetry}  (gRPC + HTTP each)  bridge {bridge}\n\
          edit {meta}/updates.json to start a rollout; admin token in {token}\n\
          try: curl -s 'http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=0.5'\n\
          \x20    grpcurl -plaintext {policy} list   |   curl -s http://{telemetry}/metrics | grep upshift_telemetry\n\
          \x20    grpcurl -plaintext -H \"authorization: Bearer $(cat {token})\" -d '{{\"stream\":\"stable\"}}' {policy} upshift.policy.v1.RolloutAdminService/ListRollouts\n\
+         \x20    curl -s 'http://{bridge}/bridge?selector=agent'   (host 0's agent metrics through the bridge)\n\
          \x20    upshift lock list --lock http://{lock}   |   upshift fleet summary --telemetry http://{telemetry}\n",
         agents = args.agents,
         speed = args.speed,
