@@ -425,3 +425,21 @@ async fn dist_dbus_policy_is_accepted_by_dbus_daemon() {
         .unwrap();
     assert!(conn.unique_name().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_deployment_without_version_is_a_bad_reply() {
+    let daemon = DbusDaemon::start();
+    let mut state = host();
+    state.deployments[0].version = String::new();
+    let _rpm = RpmOstreeDouble::start(&daemon.address, state).await;
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+    let err = os.booted().await.unwrap_err();
+    assert!(
+        matches!(&err, OsError::BadReply { op: Op::ReadDeployments, detail } if detail.contains("no version")),
+        "{err:?}"
+    );
+    // The deployment itself is still readable.
+    assert_eq!(os.booted_deployment().await.unwrap().checksum, sum('a'));
+}

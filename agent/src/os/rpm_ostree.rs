@@ -477,7 +477,15 @@ impl RpmOstree {
 
 impl OsBackend for RpmOstree {
     async fn booted(&self) -> Result<Release, OsError> {
-        Ok(self.booted_deployment().await?.release())
+        let r = self.booted_deployment().await?.release();
+        if r.version.is_empty() {
+            // Update graphs are keyed by version: without one there is no edge to follow.
+            return Err(OsError::BadReply {
+                op: Op::ReadDeployments,
+                detail: "the booted deployment has no version".into(),
+            });
+        }
+        Ok(r)
     }
     async fn staged(&self) -> Result<Option<Release>, OsError> {
         Ok(self.staged_deployment().await?.map(|d| d.release()))
