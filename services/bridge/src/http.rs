@@ -23,6 +23,9 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Header Prometheus sends with its scrape timeout in seconds.
 const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
 
+/// Time kept back from the scraper's timeout.
+const SCRAPER_MARGIN: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone)]
 struct Bridge {
     settings: Arc<BridgeSettings>,
@@ -117,6 +120,10 @@ async fn method_not_allowed(State(bridge): State<Bridge>) -> Response {
 }
 
 /// The scraper's own timeout, when it sent a usable one.
+///
+/// Like blackbox_exporter's `timeout_offset`, 0.5 s (at most half of it) is
+/// kept back, so the scraper receives the bridge's 504 rather than giving up
+/// at the same moment.
 fn scraper_timeout(headers: &HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers
         .get(SCRAPE_TIMEOUT_HEADER)?
@@ -124,9 +131,31 @@ fn scraper_timeout(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .parse()
         .ok()?;
-    Duration::try_from_secs_f64(seconds)
+    let timeout = Duration::try_from_secs_f64(seconds)
         .ok()
-        .filter(|d| !d.is_zero())
+        .filter(|d| !d.is_zero())?;
+    Some(timeout - SCRAPER_MARGIN.min(timeout / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(SCRAPE_TIMEOUT_HEADER, HeaderValue::from_str(value).unwrap());
+        scraper_timeout(&headers)
+    }
+
+    #[test]
+    fn the_scrapers_timeout_keeps_a_margin() {
+        assert_eq!(with_header("10"), Some(Duration::from_millis(9500)));
+        assert_eq!(with_header("0.6"), Some(Duration::from_millis(300)));
+        assert_eq!(with_header("0"), None);
+        assert_eq!(with_header("-1"), None);
+        assert_eq!(with_header("soon"), None);
+        assert_eq!(scraper_timeout(&HeaderMap::new()), None);
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {

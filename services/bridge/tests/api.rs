@@ -119,7 +119,7 @@ async fn the_scrapers_timeout_caps_the_total_timeout() {
     let response = bridge
         .client
         .get(bridge.url("/bridge?selector=hang"))
-        .header("x-prometheus-scrape-timeout-seconds", "0.3")
+        .header("x-prometheus-scrape-timeout-seconds", "0.6")
         .send()
         .await
         .unwrap();
