@@ -383,6 +383,13 @@ async fn graph_show_and_rollout_list() -> Result<()> {
     assert_eq!(rollouts[1]["paused"], false);
     assert_eq!(json["freezes"], serde_json::json!([]));
 
+    let tree = mesh
+        .cli(&[
+            "graph", "show", "--arch", "x86_64", "--scheme", "checksum", "--tree",
+        ])?
+        .expect(0)?;
+    golden("graph-show-tree", &tree.stdout, &urls)?;
+
     // A filter matching nothing is a failed call, not an empty success.
     let none = mesh
         .cli(&["graph", "show", "--stream", "nope"])?
@@ -392,6 +399,80 @@ async fn graph_show_and_rollout_list() -> Result<()> {
         "{}",
         none.stderr
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_end_edit_shows_in_graph_show_and_status() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let urls = mesh.urls();
+    let before = mesh
+        .cli(&["status", "--only", "graph,policy", "-o", "json"])?
+        .expect(0)?
+        .json()?;
+    let first = before["services"][0]["details"]["revision"]
+        .as_u64()
+        .context("revision")?;
+
+    // Edit the working copy of updates.json: one release becomes a dead-end.
+    let updates = mesh._dir.path().join("metadata/stable/updates.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&updates)?)?;
+    doc["releases"]
+        .as_array_mut()
+        .context("releases")?
+        .push(serde_json::json!({
+            "version": "34.20210919.3.0",
+            "metadata": {"deadend": {"reason": "https://example.org/broken-bootloader"}}
+        }));
+    std::fs::write(&updates, serde_json::to_vec_pretty(&doc)?)?;
+
+    // The graph service reloads and the policy follows: wait until status
+    // shows both at a newer revision.
+    let mut caught_up = None;
+    for _ in 0..400 {
+        let now = mesh
+            .cli(&["status", "--only", "graph,policy", "-o", "json"])?
+            .json()?;
+        let scopes = now["scopes"].as_array().context("scopes")?;
+        let x86 = scopes
+            .iter()
+            .find(|s| s["basearch"] == "x86_64" && s["scheme"] == "checksum")
+            .context("the x86_64 scope")?;
+        let latest = &now["services"][0]["details"]["revision"];
+        if x86["graph_revision"].as_u64().is_some_and(|r| r > first)
+            && x86["policy_revision"] == x86["graph_revision"]
+            && now["services"][1]["details"]["graph_revision"] == *latest
+        {
+            caught_up = Some(now);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    caught_up.context("graph and policy never reached a new revision")?;
+
+    let show = mesh
+        .cli(&["graph", "show", "--arch", "x86_64", "--scheme", "checksum"])?
+        .expect(0)?;
+    golden("graph-show-dead-end", &show.stdout, &urls)?;
+    let json = mesh
+        .cli(&[
+            "graph", "show", "--arch", "x86_64", "--scheme", "checksum", "-o", "json",
+        ])?
+        .expect(0)?
+        .json()?;
+    let releases = json["scopes"][0]["releases"]
+        .as_array()
+        .context("releases")?;
+    let dead = releases
+        .iter()
+        .find(|r| r["version"] == "34.20210919.3.0")
+        .context("the dead-end release")?;
+    assert_eq!(dead["dead_end"], true);
+    assert_eq!(
+        dead["dead_end_reason"],
+        "https://example.org/broken-bootloader"
+    );
+    assert_eq!(dead["edges_out"], serde_json::json!([]));
     Ok(())
 }
 

@@ -43,8 +43,12 @@ enum GraphCommand {
         scheme: Option<Scheme>,
         /// List every update edge of each release, not just the count and
         /// the newest target.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tree")]
         edges: bool,
+        /// Draw the releases as a tree: each release under the newest
+        /// release it updates to (the path a host takes).
+        #[arg(long)]
+        tree: bool,
     },
     /// Load state of every stream's metadata source.
     Sources {
@@ -73,9 +77,15 @@ pub async fn run(args: GraphArgs) -> Result<Exit, OpsError> {
             arch,
             scheme,
             edges,
+            tree,
         } => {
             let view = show(&conn, stream, arch, scheme).await?;
-            emit(args.common.output, &view, |v| render_show(v, edges))?;
+            let style = match (tree, edges) {
+                (true, _) => Style::Tree,
+                (false, true) => Style::AllEdges,
+                (false, false) => Style::Table,
+            };
+            emit(args.common.output, &view, |v| render_show(v, style))?;
         }
         GraphCommand::Sources { stream } => {
             let view = sources(&conn, stream.unwrap_or_default()).await?;
@@ -256,7 +266,18 @@ fn release_view(node: &pb::Release, edges_out: Vec<String>, now: f64) -> Release
     }
 }
 
-fn render_show(view: &ShowView, all_edges: bool) -> String {
+/// How `graph show` draws releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// One row per release with its edge count and newest target.
+    Table,
+    /// One row per release with every target.
+    AllEdges,
+    /// Releases under their newest targets.
+    Tree,
+}
+
+fn render_show(view: &ShowView, style: Style) -> String {
     let mut out = String::new();
     for (n, scope) in view.scopes.iter().enumerate() {
         if n > 0 {
@@ -273,7 +294,15 @@ fn render_show(view: &ShowView, all_edges: bool) -> String {
             scope.edges,
             scope.built_at.as_deref().unwrap_or("-"),
         );
-        out.push_str(&release_table(scope, all_edges).render());
+        if scope.releases.is_empty() {
+            out.push_str("no releases\n");
+            continue;
+        }
+        if style == Style::Tree {
+            out.push_str(&render_tree(scope));
+            continue;
+        }
+        out.push_str(&release_table(scope, style == Style::AllEdges).render());
         for r in &scope.releases {
             if r.barrier {
                 let reason = r.barrier_reason.as_deref().unwrap_or("generic");
@@ -339,6 +368,87 @@ fn release_table(scope: &ScopeView, all_edges: bool) -> Table {
         ]);
     }
     table
+}
+
+/// Each release under the newest release it updates to; roots (releases
+/// without edges out) newest first, children newest first.
+fn render_tree(scope: &ScopeView) -> String {
+    let index: BTreeMap<&str, usize> = scope
+        .releases
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.version.as_str(), i))
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); scope.releases.len()];
+    let mut roots = Vec::new();
+    for (i, r) in scope.releases.iter().enumerate() {
+        match r.newest_target.as_deref().and_then(|t| index.get(t)) {
+            Some(&parent) if parent != i => children[parent].push(i),
+            _ => roots.push(i),
+        }
+    }
+    let mut out = String::new();
+    for &root in roots.iter().rev() {
+        let _ = writeln!(out, "{}", tree_label(&scope.releases[root]));
+        tree_children(scope, &children, root, "", &mut out);
+    }
+    out
+}
+
+fn tree_children(
+    scope: &ScopeView,
+    children: &[Vec<usize>],
+    node: usize,
+    prefix: &str,
+    out: &mut String,
+) {
+    let kids = &children[node];
+    for (n, &child) in kids.iter().rev().enumerate() {
+        let last = n + 1 == kids.len();
+        let (branch, indent) = if last {
+            ("└── ", "    ")
+        } else {
+            ("├── ", "│   ")
+        };
+        let _ = writeln!(
+            out,
+            "{prefix}{branch}{}",
+            tree_label(&scope.releases[child])
+        );
+        tree_children(scope, children, child, &format!("{prefix}{indent}"), out);
+    }
+}
+
+fn tree_label(r: &ReleaseView) -> String {
+    let mut notes = Vec::new();
+    if r.barrier {
+        notes.push(format!(
+            "barrier: {}",
+            r.barrier_reason.as_deref().unwrap_or("generic")
+        ));
+    }
+    if r.dead_end {
+        notes.push(format!(
+            "dead-end: {}",
+            r.dead_end_reason.as_deref().unwrap_or("generic")
+        ));
+    }
+    if let Some(ro) = &r.rollout {
+        let start = ro.start.as_deref().unwrap_or("immediate");
+        let duration = ro
+            .duration_minutes
+            .map(|m| format!(" over {m}m"))
+            .unwrap_or_default();
+        notes.push(format!(
+            "rollout {start}{duration}, throttle {}",
+            percent(ro.throttle_now)
+        ));
+    }
+    if notes.is_empty() {
+        r.version.clone()
+    } else {
+        format!("{} [{}]", r.version, notes.join("; "))
+    }
 }
 
 /// `graph sources` JSON document.
