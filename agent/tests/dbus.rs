@@ -72,6 +72,7 @@ fn logins() -> LoginState {
             session("c1", "background", "unspecified", ""),
             session("4", "manager", "unspecified", ""),
         ],
+        ended: vec![],
         reboots: vec![],
     }
 }
@@ -442,4 +443,52 @@ async fn booted_deployment_without_version_is_a_bad_reply() {
     );
     // The deployment itself is still readable.
     assert_eq!(os.booted_deployment().await.unwrap().checksum, sum('a'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_and_ended_sessions() {
+    let daemon = DbusDaemon::start();
+    let _rpm = RpmOstreeDouble::start(
+        &daemon.address,
+        RpmState {
+            deny_clients: true,
+            ..host()
+        },
+    )
+    .await;
+    let mut state = logins();
+    // Listed, but gone before its properties are read.
+    state.ended.push(session("9", "user", "tty", "pts/9"));
+    let login = LogindDouble::start(&daemon.address, state).await;
+
+    let err = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OsError::Denied {
+                op: Op::RegisterClient,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "denied");
+
+    let conn = zbus::connection::Builder::address(daemon.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let os = RpmOstree::with_connection(conn, RpmOstreeOptions::default());
+    let all = os.logind().sessions().await.unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        vec!["3", "c1", "4"]
+    );
+    assert_eq!(all[0].tty, "pts/0");
+    assert!(all[0].remote);
+    assert_eq!(os.active_sessions().await.unwrap(), 1);
+    drop(login);
 }

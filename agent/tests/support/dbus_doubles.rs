@@ -87,6 +87,8 @@ pub struct RpmState {
     pub hang_transactions: bool,
     /// `Reload` never answers.
     pub hang_calls: bool,
+    /// `RegisterClient` is refused as polkit would refuse it.
+    pub deny_clients: bool,
 }
 
 type Shared<T> = Arc<Mutex<T>>;
@@ -112,9 +114,13 @@ struct Sysroot {
 
 #[interface(name = "org.projectatomic.rpmostree1.Sysroot")]
 impl Sysroot {
-    async fn register_client(&self, options: HashMap<String, OwnedValue>) {
-        let id = opt_str(&options, "id").unwrap_or_default();
-        lock(&self.state).clients.push(id);
+    async fn register_client(&self, options: HashMap<String, OwnedValue>) -> fdo::Result<()> {
+        let mut s = lock(&self.state);
+        if s.deny_clients {
+            return Err(fdo::Error::AccessDenied("Not authorized".into()));
+        }
+        s.clients.push(opt_str(&options, "id").unwrap_or_default());
+        Ok(())
     }
 
     async fn reload(&self) {
@@ -418,6 +424,8 @@ impl SessionObj {
 #[derive(Debug, Default)]
 pub struct LoginState {
     pub sessions: Vec<FakeSession>,
+    /// Listed by `ListSessions` but without an object (ended meanwhile).
+    pub ended: Vec<FakeSession>,
     /// `interactive` argument of every `Reboot` call.
     pub reboots: Vec<bool>,
 }
@@ -429,9 +437,10 @@ struct Manager {
 #[interface(name = "org.freedesktop.login1.Manager")]
 impl Manager {
     async fn list_sessions(&self) -> Vec<(String, u32, String, String, OwnedObjectPath)> {
-        lock(&self.state)
-            .sessions
+        let st = lock(&self.state);
+        st.sessions
             .iter()
+            .chain(&st.ended)
             .map(|s| {
                 (
                     s.id.clone(),
