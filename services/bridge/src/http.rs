@@ -137,6 +137,15 @@ fn scraper_timeout(headers: &HeaderMap) -> Option<Duration> {
     Some(timeout - SCRAPER_MARGIN.min(timeout / 2))
 }
 
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,13 +165,4 @@ mod tests {
         assert_eq!(with_header("soon"), None);
         assert_eq!(scraper_timeout(&HeaderMap::new()), None);
     }
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body.into(),
-    )
-        .into_response()
 }
