@@ -68,37 +68,45 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// Calls `interface.method(body)` on `destination` at `path` and
-/// deserializes the reply body, all within `after`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn call<B, R>(
-    conn: &Connection,
-    op: Op,
-    service: &'static str,
-    after: Duration,
-    path: &str,
-    interface: &str,
-    method: &str,
-    body: &B,
-) -> Result<R, OsError>
-where
-    B: serde::Serialize + DynamicType,
-    R: DeserializeOwned + zbus::zvariant::Type,
-{
-    let reply = timed(
-        op,
-        service,
-        after,
-        conn.call_method(Some(service), path, Some(interface), method, body),
-    )
-    .await?;
-    reply
-        .body()
-        .deserialize::<R>()
-        .map_err(|e| OsError::BadReply {
+/// One service on a connection, with the time limit for each call.
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    pub(crate) conn: Connection,
+    pub(crate) name: &'static str,
+    pub(crate) timeout: Duration,
+}
+
+impl Service {
+    /// Calls `interface.method(body)` at `path` and deserializes the reply
+    /// body, all within the call time limit.
+    pub(crate) async fn call<B, R>(
+        &self,
+        op: Op,
+        path: &str,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> Result<R, OsError>
+    where
+        B: serde::Serialize + DynamicType,
+        R: DeserializeOwned + zbus::zvariant::Type,
+    {
+        let reply = timed(
             op,
-            detail: format!("{interface}.{method}: {e}"),
-        })
+            self.name,
+            self.timeout,
+            self.conn
+                .call_method(Some(self.name), path, Some(interface), method, body),
+        )
+        .await?;
+        reply
+            .body()
+            .deserialize::<R>()
+            .map_err(|e| OsError::BadReply {
+                op,
+                detail: format!("{interface}.{method}: {e}"),
+            })
+    }
 }
 
 /// Classifies a zbus error: service missing, access denied, or other.

@@ -80,44 +80,41 @@ impl Session {
 /// logind client.
 #[derive(Debug, Clone)]
 pub struct Logind {
-    conn: Connection,
-    timeout: Duration,
+    svc: dbus::Service,
 }
 
 impl Logind {
     /// A client on `conn`; every call is limited to `timeout`.
     pub fn new(conn: Connection, timeout: Duration) -> Logind {
-        Logind { conn, timeout }
+        Logind {
+            svc: dbus::Service {
+                conn,
+                name: SERVICE,
+                timeout,
+            },
+        }
     }
 
     /// All sessions, with their properties. Sessions that end while being
     /// read are left out.
     pub async fn sessions(&self) -> Result<Vec<Session>, OsError> {
         let op = Op::ListSessions;
-        let list: Vec<(String, u32, String, String, OwnedObjectPath)> = dbus::call(
-            &self.conn,
-            op,
-            SERVICE,
-            self.timeout,
-            MANAGER_PATH,
-            MANAGER_IFACE,
-            "ListSessions",
-            &(),
-        )
-        .await?;
+        let list: Vec<(String, u32, String, String, OwnedObjectPath)> = self
+            .svc
+            .call(op, MANAGER_PATH, MANAGER_IFACE, "ListSessions", &())
+            .await?;
         let mut out = Vec::with_capacity(list.len());
         for entry in list {
-            let props: Result<HashMap<String, OwnedValue>, _> = dbus::call(
-                &self.conn,
-                op,
-                SERVICE,
-                self.timeout,
-                entry.4.as_str(),
-                "org.freedesktop.DBus.Properties",
-                "GetAll",
-                &(SESSION_IFACE,),
-            )
-            .await;
+            let props: Result<HashMap<String, OwnedValue>, _> = self
+                .svc
+                .call(
+                    op,
+                    entry.4.as_str(),
+                    "org.freedesktop.DBus.Properties",
+                    "GetAll",
+                    &(SESSION_IFACE,),
+                )
+                .await;
             match props {
                 Ok(p) => out.push(Session::from_props(entry, &p)),
                 Err(e) if dbus::error_name(&e) == Some(UNKNOWN_OBJECT) => {
@@ -139,17 +136,10 @@ impl Logind {
     /// `Manager.Reboot(false)` (not interactive: never prompts). A reboot
     /// already in progress (rpm-ostree starts one after finalizing) is fine.
     pub async fn reboot(&self) -> Result<(), OsError> {
-        let r: Result<(), OsError> = dbus::call(
-            &self.conn,
-            Op::Reboot,
-            SERVICE,
-            self.timeout,
-            MANAGER_PATH,
-            MANAGER_IFACE,
-            "Reboot",
-            &(false,),
-        )
-        .await;
+        let r: Result<(), OsError> = self
+            .svc
+            .call(Op::Reboot, MANAGER_PATH, MANAGER_IFACE, "Reboot", &(false,))
+            .await;
         match r {
             Err(e) if dbus::error_name(&e) == Some(OPERATION_IN_PROGRESS) => {
                 tracing::info!("a reboot is already in progress");

@@ -161,7 +161,7 @@ impl Default for RpmOstreeOptions {
 /// Host OS over D-Bus: rpm-ostree deployments plus logind sessions/reboot.
 #[derive(Debug, Clone)]
 pub struct RpmOstree {
-    conn: Connection,
+    svc: dbus::Service,
     opts: RpmOstreeOptions,
     logind: Logind,
     wall: Wall,
@@ -188,7 +188,11 @@ impl RpmOstree {
     pub fn with_connection(conn: Connection, opts: RpmOstreeOptions) -> RpmOstree {
         let logind = Logind::new(conn.clone(), opts.timeouts.call);
         RpmOstree {
-            conn,
+            svc: dbus::Service {
+                conn,
+                name: SERVICE,
+                timeout: opts.timeouts.call,
+            },
             opts,
             logind,
             wall: Wall::default(),
@@ -360,32 +364,22 @@ impl RpmOstree {
         B: serde::Serialize + zbus::zvariant::DynamicType,
         R: serde::de::DeserializeOwned + zbus::zvariant::Type,
     {
-        dbus::call(
-            &self.conn,
-            op,
-            SERVICE,
-            self.opts.timeouts.call,
-            SYSROOT_PATH,
-            SYSROOT_IFACE,
-            method,
-            body,
-        )
-        .await
+        self.svc
+            .call(op, SYSROOT_PATH, SYSROOT_IFACE, method, body)
+            .await
     }
 
     /// Reads a Sysroot property fresh from the daemon (no cache).
     async fn sysroot_property(&self, op: Op, name: &str) -> Result<OwnedValue, OsError> {
-        dbus::call(
-            &self.conn,
-            op,
-            SERVICE,
-            self.opts.timeouts.call,
-            SYSROOT_PATH,
-            PROPERTIES_IFACE,
-            "Get",
-            &(SYSROOT_IFACE, name),
-        )
-        .await
+        self.svc
+            .call(
+                op,
+                SYSROOT_PATH,
+                PROPERTIES_IFACE,
+                "Get",
+                &(SYSROOT_IFACE, name),
+            )
+            .await
     }
 
     async fn os_call<B, R>(
@@ -399,17 +393,9 @@ impl RpmOstree {
         B: serde::Serialize + zbus::zvariant::DynamicType,
         R: serde::de::DeserializeOwned + zbus::zvariant::Type,
     {
-        dbus::call(
-            &self.conn,
-            op,
-            SERVICE,
-            self.opts.timeouts.call,
-            path.as_str(),
-            OS_IFACE,
-            method,
-            body,
-        )
-        .await
+        self.svc
+            .call(op, path.as_str(), OS_IFACE, method, body)
+            .await
     }
 
     /// Connects to a transaction's private address, starts it and waits
@@ -432,37 +418,7 @@ impl RpmOstree {
             conn.call_method(None::<&str>, "/", Some(TRANSACTION_IFACE), "Start", &()),
         )
         .await?;
-        let finished = async {
-            while let Some(msg) = stream.next().await {
-                let msg = msg.map_err(|e| dbus::map_error(op, SERVICE, e))?;
-                let h = msg.header();
-                if msg.message_type() != MessageType::Signal
-                    || h.interface().map(|i| i.as_str()) != Some(TRANSACTION_IFACE)
-                {
-                    continue;
-                }
-                match h.member().map(|m| m.as_str()) {
-                    Some("Finished") => {
-                        let (success, message): (bool, String) =
-                            msg.body().deserialize().map_err(|e| OsError::BadReply {
-                                op,
-                                detail: format!("Finished: {e}"),
-                            })?;
-                        return Ok((success, message));
-                    }
-                    Some("Message" | "TaskBegin" | "TaskEnd") => {
-                        if let Ok(text) = msg.body().deserialize::<String>() {
-                            tracing::debug!(%op, %text, "rpm-ostree");
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Err(OsError::BadReply {
-                op,
-                detail: "transaction connection closed before Finished".into(),
-            })
-        };
+        let finished = wait_finished(op, &mut stream);
         match tokio::time::timeout(t.transaction, finished).await {
             Err(_) => Err(OsError::Timeout {
                 op,
@@ -473,6 +429,41 @@ impl RpmOstree {
             Ok(Ok((false, message))) => Err(OsError::TransactionFailed { op, message }),
         }
     }
+}
+
+/// Reads a transaction's signals until `Finished(success, error_message)`;
+/// progress messages are logged at debug level.
+async fn wait_finished(
+    op: Op,
+    stream: &mut zbus::MessageStream,
+) -> Result<(bool, String), OsError> {
+    while let Some(msg) = stream.next().await {
+        let msg = msg.map_err(|e| dbus::map_error(op, SERVICE, e))?;
+        let h = msg.header();
+        if msg.message_type() != MessageType::Signal
+            || h.interface().map(|i| i.as_str()) != Some(TRANSACTION_IFACE)
+        {
+            continue;
+        }
+        match h.member().map(|m| m.as_str()) {
+            Some("Finished") => {
+                return msg.body().deserialize().map_err(|e| OsError::BadReply {
+                    op,
+                    detail: format!("Finished: {e}"),
+                });
+            }
+            Some("Message" | "TaskBegin" | "TaskEnd") => {
+                if let Ok(text) = msg.body().deserialize::<String>() {
+                    tracing::debug!(%op, %text, "rpm-ostree");
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(OsError::BadReply {
+        op,
+        detail: "transaction connection closed before Finished".into(),
+    })
 }
 
 impl OsBackend for RpmOstree {
