@@ -344,3 +344,95 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(token_file: Option<PathBuf>) -> CommonArgs {
+        CommonArgs {
+            output: Format::Table,
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            admin_token_file: token_file,
+        }
+    }
+
+    #[test]
+    fn token_file_is_trimmed_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("upshift-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  s3cret-token-value\n").unwrap();
+        let options = Options::load(&args(Some(file.clone()))).unwrap();
+        assert_eq!(options.token.as_deref(), Some("s3cret-token-value"));
+        std::fs::write(&file, "\n").unwrap();
+        let err = Options::load(&args(Some(file))).unwrap_err();
+        assert_eq!(err.exit(), Exit::Usage);
+        let err = Options::load(&args(Some(dir.join("missing")))).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let mut half = args(None);
+        half.client_cert = Some(dir.join("cert.pem"));
+        assert_eq!(Options::load(&half).unwrap_err().exit(), Exit::Usage);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_deadline_and_the_bearer_token() {
+        let mut options = Options::load(&args(None)).unwrap();
+        options.token = Some("s3cret-token-value".into());
+        let conn = Conn {
+            service: "policy service".into(),
+            url: "http://127.0.0.1:1".into(),
+            channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            options,
+        };
+        let request = conn.request(());
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret-token-value"
+        );
+        assert_eq!(request.metadata().get("grpc-timeout").unwrap(), "1000000u");
+        let err = conn.fail(Status::permission_denied("invalid admin token"));
+        assert!(err.to_string().contains("check the admin token"), "{err}");
+    }
+
+    #[test]
+    fn errors_map_to_exit_codes_and_name_the_service() {
+        let call = |code| OpsError::Call {
+            service: "lock service".into(),
+            url: "http://h:1".into(),
+            code,
+            message: "m".into(),
+            hint: "",
+        };
+        assert_eq!(call(Code::NotFound).exit(), Exit::Failed);
+        assert_eq!(call(Code::PermissionDenied).exit(), Exit::Failed);
+        assert_eq!(call(Code::Unavailable).exit(), Exit::Unavailable);
+        assert_eq!(call(Code::DeadlineExceeded).exit(), Exit::Unavailable);
+        assert_eq!(
+            call(Code::NotFound).to_string(),
+            "lock service at http://h:1: not_found: m"
+        );
+        let unreachable = OpsError::Unreachable {
+            service: "graph service".into(),
+            url: "http://h:2".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(unreachable.exit(), Exit::Unavailable);
+        assert_eq!(
+            unreachable.to_string(),
+            "graph service at http://h:2 is unreachable: refused"
+        );
+    }
+
+    #[test]
+    fn urls_must_be_http_or_https() {
+        let options = Options::load(&args(None)).unwrap();
+        let err = endpoint("graph service", "ftp://x", &options).unwrap_err();
+        assert_eq!(err.exit(), Exit::Usage);
+        assert!(endpoint("graph service", "https://example.org:7401", &options).is_ok());
+    }
+}

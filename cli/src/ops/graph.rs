@@ -538,3 +538,95 @@ fn render_sources(view: &SourcesView) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str, index: usize, updates: &[(&str, &str)]) -> pb::Release {
+        let mut metadata: std::collections::HashMap<String, String> = updates
+            .iter()
+            .map(|(k, v)| (format!("{UPDATES}.{k}"), v.to_string()))
+            .collect();
+        metadata.insert(AGE_INDEX.into(), index.to_string());
+        pb::Release {
+            version: version.into(),
+            payload: format!("sha-{index}"),
+            metadata,
+        }
+    }
+
+    /// a -> b (barrier) -> d (rollout); c -> d; e is a dead-end.
+    fn graph() -> pb::Graph {
+        let edge = |from, to| pb::Edge { from, to };
+        pb::Graph {
+            scope: Some(pb::Scope {
+                stream: "stable".into(),
+                basearch: "x86_64".into(),
+                scheme: pb::PayloadScheme::Checksum as i32,
+            }),
+            revision: 7,
+            nodes: vec![
+                release("1.0", 0, &[]),
+                release("2.0", 1, &[("barrier", "true"), ("barrier_reason", "keys")]),
+                release("3.0", 2, &[]),
+                release(
+                    "4.0",
+                    3,
+                    &[
+                        ("rollout", "true"),
+                        ("start_epoch", "1000"),
+                        ("start_value", "0.5"),
+                        ("duration_minutes", "10"),
+                    ],
+                ),
+                release(
+                    "5.0",
+                    4,
+                    &[("deadend", "true"), ("deadend_reason", "broken")],
+                ),
+            ],
+            edges: vec![edge(0, 1), edge(1, 3), edge(2, 3), edge(1, 2)],
+            built_at: None,
+            digest: "d".into(),
+        }
+    }
+
+    #[test]
+    fn releases_carry_edges_barriers_dead_ends_and_throttle() {
+        // Half-way through the rollout: 0.5 + 0.5 * 300/600.
+        let view = scope_view(&graph(), 1300.0);
+        assert_eq!(view.revision, 7);
+        assert_eq!(view.edges, 4);
+        let r = &view.releases;
+        assert_eq!(r[1].edges_out, ["3.0", "4.0"]);
+        assert_eq!(r[1].newest_target.as_deref(), Some("4.0"));
+        assert!(r[1].barrier);
+        assert_eq!(r[1].barrier_reason.as_deref(), Some("keys"));
+        assert!(r[4].dead_end && r[4].edges_out.is_empty());
+        let rollout = r[3].rollout.as_ref().unwrap();
+        assert_eq!(rollout.throttle_now, 0.75);
+        assert_eq!(rollout.start.as_deref(), Some("1970-01-01T00:16:40Z"));
+        assert_eq!(rollout.end.as_deref(), Some("1970-01-01T00:26:40Z"));
+        assert!(r[0].rollout.is_none());
+    }
+
+    #[test]
+    fn tree_puts_each_release_under_its_newest_target() {
+        let view = ShowView {
+            scopes: vec![scope_view(&graph(), 0.0)],
+        };
+        let text = render_show(&view, Style::Tree);
+        let tree: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            tree,
+            [
+                "5.0 [dead-end: broken]",
+                "4.0 [rollout 1970-01-01T00:16:40Z over 10m, throttle 0.0%]",
+                "├── 3.0",
+                "└── 2.0 [barrier: keys]",
+                "    └── 1.0",
+            ]
+        );
+    }
+}
