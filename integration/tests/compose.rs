@@ -1764,8 +1764,19 @@ impl SimulatedHost {
         service: &Service,
         dir: &Path,
         hosts: &BTreeMap<String, String>,
+        fail_versions: &[String],
     ) -> Result<Self> {
         let root = dir.join(&service.name);
+        if !fail_versions.is_empty() {
+            // A fragment after compose's: these releases fail to stage.
+            let fragment = root.join("etc/upshift/agent.d/90-fail.toml");
+            std::fs::create_dir_all(fragment.parent().context("parent")?)?;
+            let mut os = toml::Table::new();
+            os.insert("fail_versions".into(), fail_versions.to_vec().into());
+            let mut doc = toml::Table::new();
+            doc.insert("os".into(), os.into());
+            std::fs::write(fragment, toml::to_string(&doc)?)?;
+        }
         let map = compose.path_map(service)?;
         for (target, host) in &map {
             if !target.starts_with("/etc/upshift/agent.d/") {
@@ -1891,20 +1902,18 @@ fn newest_x86_release() -> Result<String> {
         .context("no x86_64 release")
 }
 
-/// The compose topology without containers: a real etcd, the services with
-/// compose's command lines and configuration files (container paths mapped,
-/// service names pointed at local addresses), compose's health checks, and
-/// the three simulated hosts updating to the newest release through them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compose_topology_runs_as_local_processes() -> Result<()> {
-    if upshift_store::testing::skip_etcd() {
-        return Ok(());
-    }
-    let etcd = upshift_store::testing::EtcdServer::start()
-        .await
-        .context("etcd must be installed (cargo xtask test installs it)")?;
-    let compose = Compose::load()?;
-    let dir = Workdir::new()?;
+/// Starts graph, policy, lock and telemetry with compose's command lines and
+/// configuration (paths mapped, service names pointed at the local
+/// addresses, data in `dir`), checks each with compose's health check, and
+/// returns them with the host map for the agents.
+async fn start_services(
+    compose: &Compose,
+    dir: &Workdir,
+    etcd: &upshift_store::testing::EtcdServer,
+) -> Result<(
+    Vec<(&'static str, ServiceProcess)>,
+    BTreeMap<String, String>,
+)> {
     let mut hosts = BTreeMap::new();
     hosts.insert(
         "etcd:2379".to_string(),
@@ -1914,7 +1923,7 @@ async fn compose_topology_runs_as_local_processes() -> Result<()> {
     for name in ["graph", "policy", "lock", "telemetry"] {
         let service = compose.service(name)?;
         let hosts_now = hosts.clone();
-        let mut args = mapped_command_with(&compose, service, dir.path(), |doc| {
+        let mut args = mapped_command_with(compose, service, dir.path(), |doc| {
             localise(doc, &hosts_now)
         })?;
         args.push("--data-dir".to_string());
@@ -1938,6 +1947,24 @@ async fn compose_topology_runs_as_local_processes() -> Result<()> {
         hosts.insert(format!("{name}:{port}"), process.addr().to_string());
         services.push((name, process));
     }
+    Ok((services, hosts))
+}
+
+/// The compose topology without containers: a real etcd, the services with
+/// compose's command lines and configuration files (container paths mapped,
+/// service names pointed at local addresses), compose's health checks, and
+/// the three simulated hosts updating to the newest release through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_topology_runs_as_local_processes() -> Result<()> {
+    if upshift_store::testing::skip_etcd() {
+        return Ok(());
+    }
+    let etcd = upshift_store::testing::EtcdServer::start()
+        .await
+        .context("etcd must be installed (cargo xtask test installs it)")?;
+    let compose = Compose::load()?;
+    let dir = Workdir::new()?;
+    let (services, hosts) = start_services(&compose, &dir, &etcd).await?;
 
     let target = newest_x86_release()?;
     let mut agents = Vec::new();
@@ -1945,7 +1972,13 @@ async fn compose_topology_runs_as_local_processes() -> Result<()> {
         .upshift_services()
         .filter(|s| s.command[0] == "upshift-agent")
     {
-        agents.push(SimulatedHost::start(&compose, service, dir.path(), &hosts)?);
+        agents.push(SimulatedHost::start(
+            &compose,
+            service,
+            dir.path(),
+            &hosts,
+            &[],
+        )?);
     }
     ensure!(agents.len() == 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
@@ -2108,6 +2141,122 @@ async fn compose_topology_runs_as_local_processes() -> Result<()> {
     upshift_integration::tools::promtool_check_metrics(&exposition)?;
 
     drop(bridge_process);
+    drop(agents);
+    drop(services);
+    drop(etcd);
+    Ok(())
+}
+
+/// The automatic halt as compose wires it: telemetry (on etcd) pauses the
+/// rollout in policy with the admin token from the mounted secret when the
+/// compose hosts fail to stage the release, and policy stops offering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_halt_pauses_a_failing_rollout() -> Result<()> {
+    if upshift_store::testing::skip_etcd() {
+        return Ok(());
+    }
+    let etcd = upshift_store::testing::EtcdServer::start()
+        .await
+        .context("etcd must be installed (cargo xtask test installs it)")?;
+    let compose = Compose::load()?;
+    let dir = Workdir::new()?;
+    let (services, hosts) = start_services(&compose, &dir, &etcd).await?;
+    let url_of = |name: &str| {
+        services
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p.url())
+            .unwrap_or_default()
+    };
+    let target = newest_x86_release()?;
+    let mut agents = Vec::new();
+    for service in compose
+        .upshift_services()
+        .filter(|s| s.command[0] == "upshift-agent")
+    {
+        agents.push(SimulatedHost::start(
+            &compose,
+            service,
+            dir.path(),
+            &hosts,
+            std::slice::from_ref(&target),
+        )?);
+    }
+    let client = reqwest::Client::new();
+    let halt_label = format!("version=\"{target}\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        for agent in &mut agents {
+            agent.supervise()?;
+        }
+        let telemetry = client
+            .get(format!("{}/metrics", url_of("telemetry")))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let policy = client
+            .get(format!("{}/metrics", url_of("policy")))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let halts = metric_sum(&telemetry, "upshift_telemetry_halts", &[&halt_label]);
+        let paused = metric_sum(&policy, "upshift_policy_paused_rollouts", &[]);
+        if halts == 1.0 && paused >= 1.0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = agents.iter().map(SimulatedHost::log_tail).collect();
+            bail!(
+                "no halt of {target}: telemetry halts {halts}, policy paused {paused}\n\
+                 telemetry log:\n{}\nagents:\n{}",
+                services
+                    .iter()
+                    .find(|(n, _)| *n == "telemetry")
+                    .map(|(_, p)| p.log_tail())
+                    .unwrap_or_default(),
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No host installed the failing release, and policy offers it to none of
+    // them any more (Cincinnati, as Zincati and agent-3 ask).
+    for agent in &agents {
+        let booted = agent.booted()?;
+        ensure!(booted != target, "{} installed {target}", agent.name);
+        let uuid = read(&agent.root.join("etc/upshift/agent.d/50-agent.toml"))?
+            .parse::<toml::Table>()?["identity"]["node_uuid"]
+            .as_str()
+            .context("node_uuid")?
+            .to_string();
+        let graph: serde_json::Value = client
+            .get(format!("{}/v1/graph", url_of("policy")))
+            .query(&[
+                ("basearch", "x86_64"),
+                ("stream", "stable"),
+                ("current_version", booted.as_str()),
+                ("node_uuid", uuid.as_str()),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let nodes = graph["nodes"].as_array().context("nodes")?;
+        let index = nodes
+            .iter()
+            .position(|n| n["version"] == target.as_str())
+            .context("target node")?;
+        let edges = graph["edges"].as_array().context("edges")?;
+        ensure!(!edges.is_empty(), "policy serves a graph without edges");
+        let offered = edges.iter().any(|e| e[1].as_u64() == Some(index as u64));
+        ensure!(
+            !offered,
+            "{}: policy still offers {target} after the halt",
+            agent.name
+        );
+    }
     drop(agents);
     drop(services);
     drop(etcd);
