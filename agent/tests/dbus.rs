@@ -84,6 +84,26 @@ fn opts(call: Duration, transaction: Duration) -> RpmOstreeOptions {
     }
 }
 
+/// Cincinnati graph: 41.1 (`aaa…`) -> 41.2 (`bbb…`).
+fn graph_json() -> String {
+    format!(
+        r#"{{"nodes":[
+ {{"version":"41.1","payload":"{a}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"0"}}}},
+ {{"version":"41.2","payload":"{b}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"1"}}}}],
+ "edges":[[0,1]]}}"#,
+        a = sum('a'),
+        b = sum('b')
+    )
+}
+
+/// Serves `app` on a free local port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
 fn bus(d: &DbusDaemon) -> Bus {
     Bus::Address(d.address.clone())
 }
@@ -332,14 +352,7 @@ async fn agent_driver_updates_the_host_over_dbus() {
     idle.sessions.remove(0);
     let login = LogindDouble::start(&daemon.address, idle).await;
 
-    let graph = format!(
-        r#"{{"nodes":[
- {{"version":"41.1","payload":"{a}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"0"}}}},
- {{"version":"41.2","payload":"{b}","metadata":{{"org.fedoraproject.coreos.releases.age_index":"1"}}}}],
- "edges":[[0,1]]}}"#,
-        a = sum('a'),
-        b = sum('b')
-    );
+    let graph = graph_json();
     // FleetLock: the first pre-reboot is refused (another node holds the
     // slot). Each attempt records what the host looked like at that moment.
     let seen: Arc<Mutex<Vec<(bool, usize)>>> = Arc::default();
@@ -369,9 +382,7 @@ async fn agent_driver_updates_the_host_over_dbus() {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
 
     let t = tempfile::tempdir().unwrap();
     let mut s = Settings::validate(&MergedInputs::default(), t.path()).unwrap();
@@ -491,4 +502,63 @@ async fn refused_calls_and_ended_sessions() {
     assert!(all[0].remote);
     assert_eq!(os.active_sessions().await.unwrap(), 1);
     drop(login);
+}
+
+/// A user logged in on pts/0: the run loop postpones, messages the terminal
+/// through logind + wall, and proceeds once `max_postpone` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_driver_messages_logged_in_users_before_rebooting() {
+    use upshift_agent::config::MergedInputs;
+    use upshift_agent::driver::{Exit, Ident, run};
+    use upshift_agent::settings::{HintBackend, LockKind, Settings};
+
+    let daemon = DbusDaemon::start();
+    let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let login = LogindDouble::start(&daemon.address, logins()).await;
+    let dev = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dev.path().join("pts")).unwrap();
+    std::fs::write(dev.path().join("pts/0"), "").unwrap();
+
+    let graph = graph_json();
+    let app = axum::Router::new().route(
+        "/v1/graph",
+        axum::routing::get(move || {
+            let g = graph.clone();
+            async move { g }
+        }),
+    );
+    let base = serve(app).await;
+
+    let t = tempfile::tempdir().unwrap();
+    let mut s = Settings::validate(&MergedInputs::default(), t.path()).unwrap();
+    s.hint_backend = HintBackend::Cincinnati;
+    s.cincinnati_url = Some(base);
+    s.lock_kind = LockKind::Immediate;
+    s.poll_interval = Duration::from_millis(50);
+    s.max_postpone = Duration::from_millis(200);
+    s.session_message = "upshift: rebooting into 41.2 shortly".into();
+    let ident = Ident {
+        node_uuid: "u1".into(),
+        platform: "qemu".into(),
+        motd_path: None,
+    };
+    let os = RpmOstree::start(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap()
+        .with_wall(Wall {
+            dev_dir: dev.path().into(),
+            ..Wall::default()
+        });
+    let exit = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(&s, &ident, &os, &upshift_common::clock::SystemClock),
+    )
+    .await
+    .expect("the agent finishes its update")
+    .unwrap();
+    assert_eq!(exit, Exit::Rebooted);
+    let tty = std::fs::read_to_string(dev.path().join("pts/0")).unwrap();
+    assert!(tty.contains("rebooting into 41.2 shortly"), "{tty:?}");
+    assert_eq!(rpm.state().finalized, vec![sum('b')]);
+    assert_eq!(login.state().reboots, vec![false]);
 }
