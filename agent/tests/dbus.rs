@@ -278,12 +278,15 @@ async fn missing_services_fail_fast_with_a_typed_error() {
 async fn stuck_daemon_and_stuck_transaction_time_out() {
     let daemon = DbusDaemon::start();
     let rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
-    let short = Duration::from_millis(300);
-    let os = RpmOstree::connect(&bus(&daemon), opts(short, short))
+    let conn = zbus::connection::Builder::address(daemon.address.as_str())
+        .unwrap()
+        .build()
         .await
         .unwrap();
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(30));
 
     rpm.state().hang_calls = true;
+    let os = RpmOstree::with_connection(conn.clone(), opts(short, long));
     let err = os.booted().await.unwrap_err();
     assert!(
         matches!(err, OsError::Timeout { op: Op::ReadDeployments, after } if after == short),
@@ -292,9 +295,10 @@ async fn stuck_daemon_and_stuck_transaction_time_out() {
 
     rpm.state().hang_calls = false;
     rpm.state().hang_transactions = true;
+    let os = RpmOstree::with_connection(conn, opts(long, short));
     let err = os.stage(&rel("41.2", 'b')).await.unwrap_err();
     assert!(
-        matches!(err, OsError::Timeout { op: Op::Deploy, .. }),
+        matches!(err, OsError::Timeout { op: Op::Deploy, after } if after == short),
         "{err:?}"
     );
     assert_eq!(err.kind(), "timeout");
