@@ -223,9 +223,25 @@ pub(crate) fn spawn_lift_checker(svc: TelemetryService) {
     });
 }
 
+/// A halt recorded this long ago and still not accepted by the policy is
+/// retried by every replica (its creator may have died).
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(300);
+
 async fn check_lifts(svc: &TelemetryService, mut client: PolicyClient) {
     loop {
         tokio::time::sleep(client.check_interval).await;
+        let cutoff = epoch_ms(svc.now()).saturating_sub(crate::fleet::duration_ms(TAKEOVER_AFTER));
+        let stuck: Vec<HaltRecord> = svc
+            .fleet()
+            .halts()
+            .filter(|h| h.in_force() && h.paused_at_ms.is_none() && h.at_ms <= cutoff)
+            .cloned()
+            .collect();
+        for h in stuck {
+            svc.inner
+                .halter
+                .ensure_paused(svc, h, tracing::Span::none());
+        }
         let paused: Vec<HaltRecord> = svc
             .fleet()
             .halts()

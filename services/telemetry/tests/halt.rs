@@ -445,3 +445,78 @@ async fn pause_is_retried_until_the_policy_answers() {
     .await;
     t.stop().await;
 }
+
+/// Two replicas on one store, the failures split between them: one halt
+/// record, one pause, and both replicas show it.
+async fn replicas_halt_once(open: stores::Opener) {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(4000), 1.0);
+    let store = open();
+    let policy = start_policy(store.clone(), clock.clone()).await;
+    let cfg = telemetry_config(&policy.url);
+    let a = Server::start(&cfg, open(), clock.clone()).await;
+    let b = Server::start(&cfg, open(), clock.clone()).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        let client = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let mut agent = Agent::connect(client).await;
+        let id = format!("r{i}");
+        agent
+            .report(status(
+                &id,
+                "default",
+                "1.0",
+                "2.0",
+                AgentState::Staging,
+                "",
+            ))
+            .await
+            .unwrap();
+        agents.push((id, agent));
+    }
+    // Failures arrive on both replicas at once: 8 of 20 (40%).
+    let mut tasks = Vec::new();
+    for (id, mut agent) in agents.into_iter().take(8) {
+        tasks.push(tokio::spawn(async move {
+            let st = status(
+                &id,
+                "default",
+                "1.0",
+                "2.0",
+                AgentState::UpdateAvailable,
+                "staging-failed",
+            );
+            agent.report(st).await.unwrap();
+            agent
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    eventually("the policy pausing 2.0", || async {
+        rollout(&policy.url).await.paused
+    })
+    .await;
+    eventually("both replicas showing the halt", || async {
+        a.summary(pb::HostFilter::default()).await.halts.len() == 1
+            && b.summary(pb::HostFilter::default()).await.halts.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(halts_stored(&store).await, 1);
+    assert_eq!(pause_audits(&store).await, 1);
+    let calls = |text: String| {
+        sum(
+            &parse(&text),
+            "upshift_telemetry_pause_calls_total",
+            &[("result", "ok")],
+        )
+    };
+    assert_eq!(calls(a.scrape().await) + calls(b.scrape().await), 1.0);
+    drop(kept);
+    a.stop().await;
+    b.stop().await;
+    policy.stop.cancel();
+}
+stores::on_each_store!(replicas_halt_once_on, replicas_halt_once);

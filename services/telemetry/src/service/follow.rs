@@ -48,7 +48,7 @@ async fn follow(svc: &TelemetryService, first: &mut Option<oneshot::Sender<()>>)
         };
         let loaded = kvs.len();
         for kv in kvs {
-            apply_put(svc, &kv.key, &kv.value);
+            apply_put(svc, &kv.key, &kv.value, true);
         }
         svc.changed();
         if let Some(tx) = first.take() {
@@ -68,7 +68,7 @@ async fn follow(svc: &TelemetryService, first: &mut Option<oneshot::Sender<()>>)
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(WatchEvent::Put(kv)) => {
-                    if apply_put(svc, &kv.key, &kv.value) {
+                    if apply_put(svc, &kv.key, &kv.value, false) {
                         svc.changed();
                     }
                 }
@@ -87,8 +87,9 @@ async fn follow(svc: &TelemetryService, first: &mut Option<oneshot::Sender<()>>)
     }
 }
 
-/// Applies a stored record; true when the view changed.
-fn apply_put(svc: &TelemetryService, key: &str, value: &[u8]) -> bool {
+/// Applies a stored record; true when the view changed. `listed`: read by
+/// a listing (start or re-list) rather than seen live.
+fn apply_put(svc: &TelemetryService, key: &str, value: &[u8], listed: bool) -> bool {
     if key.starts_with(HOSTS_PREFIX) {
         let rec = match HostRecord::decode(value) {
             Ok(r) => r,
@@ -118,8 +119,10 @@ fn apply_put(svc: &TelemetryService, key: &str, value: &[u8]) -> bool {
         let pending = halt.paused_at_ms.is_none() && halt.in_force();
         let changed = svc.fleet().halt(&halt.stream, &halt.version) != Some(&halt);
         svc.fleet().put_halt(halt.clone());
-        if pending {
-            // Recorded but not yet accepted by the policy (e.g. a replica died while retrying).
+        if pending && listed {
+            // Recorded but not accepted by the policy when this instance
+            // (re)started: its creator may have died. A halt seen live is
+            // left to its creator (the lift checker takes over stale ones).
             svc.inner
                 .halter
                 .ensure_paused(svc, halt, tracing::Span::none());
