@@ -454,6 +454,26 @@ fn unreachable_services_exit_3_and_usage_errors_exit_2() -> Result<()> {
             run.stderr
         );
     }
+    // A server that accepts connections and never answers runs into the deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_url = format!("http://{}", silent.local_addr()?);
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    let run = run_cli(
+        &["lock", "list", "--lock", &silent_url, "--timeout", "1s"],
+        &[],
+    )?
+    .expect(3)?;
+    assert!(
+        run.stderr.contains(&format!(
+            "lock service at {silent_url} is unreachable: no answer within 1s"
+        )),
+        "{}",
+        run.stderr
+    );
+
     // Missing arguments, a bad URL and an unreadable token file are usage errors.
     run_cli(&["rollout", "pause", "stable"], &[])?.expect(2)?;
     let bad = run_cli(&["lock", "list", "--lock", "ftp://example.org"], &[])?.expect(2)?;

@@ -269,16 +269,28 @@ impl Conn {
     /// Turns a failed call into an error naming the service and URL.
     pub fn fail(&self, status: Status) -> OpsError {
         // A connection that breaks during the call (e.g. plain HTTP/2 to a
-        // TLS port) surfaces as `unknown` or `internal` with a local source
-        // error; statuses sent by a server carry no source.
-        if matches!(status.code(), Code::Unknown | Code::Internal)
-            && let Some(source) = std::error::Error::source(&status)
-        {
-            return OpsError::Unreachable {
-                service: self.service.clone(),
-                url: self.url.clone(),
-                reason: format!("{}: {}", status.message(), error_chain(source)),
+        // TLS port) surfaces as `unknown` or `internal`, and the client-side
+        // deadline as `cancelled`, each with a local source error; statuses
+        // sent by a server carry no source.
+        if let Some(source) = std::error::Error::source(&status) {
+            let reason = match status.code() {
+                Code::Cancelled => Some(format!(
+                    "no answer within {:?} ({})",
+                    self.options.timeout,
+                    error_chain(source)
+                )),
+                Code::Unknown | Code::Internal => {
+                    Some(format!("{}: {}", status.message(), error_chain(source)))
+                }
+                _ => None,
             };
+            if let Some(reason) = reason {
+                return OpsError::Unreachable {
+                    service: self.service.clone(),
+                    url: self.url.clone(),
+                    reason,
+                };
+            }
         }
         let hint = match status.code() {
             Code::Unauthenticated | Code::PermissionDenied if self.options.token.is_none() => {

@@ -223,7 +223,11 @@ fn rollout_table(rollouts: &[RolloutView]) -> Table {
             r.version.clone(),
             percent(r.throttle),
             percent(r.eligible_share),
-            r.start.clone().unwrap_or_default(),
+            // A rollout without a start epoch starts at the epoch.
+            match r.start.as_deref() {
+                Some("1970-01-01T00:00:00Z") => "immediate".to_string(),
+                other => other.unwrap_or_default().to_string(),
+            },
             r.end.clone().unwrap_or_default(),
             yes_no(r.paused),
             r.pause_reason.clone().unwrap_or_default(),
