@@ -520,3 +520,41 @@ async fn replicas_halt_once(open: stores::Opener) {
     policy.stop.cancel();
 }
 stores::on_each_store!(replicas_halt_once_on, replicas_halt_once);
+
+/// A halt recorded by an instance that died before the policy accepted it
+/// is paused by the next instance to start on the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_halt_is_paused_after_a_crash() {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(4000), 1.0);
+    let store = harness::mem_store();
+    let record = serde_json::json!({
+        "stream": "stable",
+        "version": "2.0",
+        "reason": "automatic halt by upshift-telemetry: recorded before a crash",
+        "at_ms": 4_000_000u64,
+    });
+    let txn = upshift_store::Txn::new().then(upshift_store::Op::put(
+        "telemetry/halts/stable/2.0",
+        record.to_string().into_bytes(),
+    ));
+    store.txn(txn).await.unwrap();
+    let policy = start_policy(store.clone(), clock.clone()).await;
+    assert!(!rollout(&policy.url).await.paused);
+    let t = Server::start(&telemetry_config(&policy.url), store.clone(), clock).await;
+    eventually("the pause after the restart", || async {
+        rollout(&policy.url).await.paused
+    })
+    .await;
+    assert!(
+        rollout(&policy.url)
+            .await
+            .pause_reason
+            .contains("recorded before a crash")
+    );
+    eventually("the record marked accepted", || async {
+        t.service.halts().iter().all(|h| h.paused_at_ms.is_some())
+    })
+    .await;
+    t.stop().await;
+    policy.stop.cancel();
+}
