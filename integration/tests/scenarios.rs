@@ -1,0 +1,484 @@
+//! Whole-mesh scenarios: real `upshift serve graph|policy|lock|telemetry`
+//! processes and real `upshift-agent` processes on the simulated OS backend
+//! (streamed hints from the policy, gRPC reboot lock, telemetry reports),
+//! on a copy of the Fedora CoreOS stable metadata whose last rollout is
+//! re-dated to run during the test. Everything runs on the real clock, so
+//! the tests wait with bounded polling and assert only on order and
+//! outcomes, never on elapsed time.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::task::JoinHandle;
+use upshift_integration::agent::{AgentProcess, AgentSpec, Release, release};
+use upshift_integration::{ServiceProcess, Workdir, stable_metadata};
+use upshift_proto::lock::v1 as lock_pb;
+use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
+use upshift_proto::policy::v1 as policy_pb;
+use upshift_proto::policy::v1::rollout_admin_service_client::RolloutAdminServiceClient;
+use upshift_proto::telemetry::v1 as telemetry_pb;
+use upshift_proto::telemetry::v1::telemetry_service_client::TelemetryServiceClient;
+
+const TOKEN: &str = "scenario-admin-token-0123456789abcdef";
+const READY: Duration = Duration::from_secs(30);
+/// The release every scenario's fleet starts on (revision 58's second newest).
+const OLD: &str = "34.20211004.3.1";
+/// The newest release of revision 58: the rollout under test.
+const NEW: &str = "34.20211016.3.0";
+const GROUP: &str = "default";
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// The wall clock: the service processes run on the system clock, so the
+/// re-dated rollout must be placed on it too.
+#[allow(clippy::disallowed_methods)]
+fn now_epoch() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Rewrites the last rollout of `updates.json` (the one of [`NEW`]).
+fn set_last_rollout(updates: &mut serde_json::Value, rollout: serde_json::Value) -> Result<()> {
+    let releases = updates["releases"]
+        .as_array_mut()
+        .context("updates.json has no releases")?;
+    let last = releases
+        .iter_mut()
+        .rev()
+        .find(|r| r["metadata"].get("rollout").is_some())
+        .context("no rollout in updates.json")?;
+    ensure!(
+        last["version"] == NEW,
+        "last rollout is {}",
+        last["version"]
+    );
+    last["metadata"]["rollout"] = rollout;
+    Ok(())
+}
+
+/// A rollout of [`NEW`] that started `ago` seconds ago at 0% and lasts
+/// `minutes`.
+fn rollout_started(ago: i64, minutes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "start_epoch": now_epoch() - ago,
+        "start_percentage": 0.0,
+        "duration_minutes": minutes,
+    })
+}
+
+/// What the mesh runs on and how it is configured.
+struct MeshOptions {
+    /// Reboot slots of every group.
+    slots: u32,
+    /// etcd client URLs (comma-separated) for policy, lock and telemetry;
+    /// `None`: each uses its embedded store.
+    etcd: Option<String>,
+    /// Telemetry halt rule: (max_failure_ratio, min_attempts).
+    halt: Option<(f64, u32)>,
+}
+
+/// The four services as processes, on a private copy of the metadata.
+struct Mesh {
+    dir: Workdir,
+    stream: PathBuf,
+    _graph: ServiceProcess,
+    policy: ServiceProcess,
+    lock: ServiceProcess,
+    telemetry: ServiceProcess,
+}
+
+impl Mesh {
+    /// Copies revision 58 of the stable metadata, lets `edit` change
+    /// `updates.json`, and starts graph, policy, lock and telemetry.
+    async fn start(
+        options: &MeshOptions,
+        edit: impl FnOnce(&mut serde_json::Value) -> Result<()>,
+    ) -> Result<Self> {
+        let dir = Workdir::new()?;
+        let metadata = dir.path().join("metadata");
+        let stream = stable_metadata(&metadata, 58)?;
+        let updates_path = stream.join("updates.json");
+        let mut updates: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&updates_path)?)?;
+        edit(&mut updates)?;
+        std::fs::write(&updates_path, serde_json::to_vec_pretty(&updates)?)?;
+
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, format!("{TOKEN}\n"))?;
+        let etcd_args = |args: &mut Vec<String>| {
+            if let Some(endpoints) = &options.etcd {
+                args.push("--etcd".into());
+                args.push(endpoints.clone());
+            }
+        };
+        let start = |name: &str, args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServiceProcess::start(name, dir.path(), &args)
+        };
+        let dir_arg = |name: &str| arg(&dir.path().join(name)).to_string();
+
+        let graph = start(
+            "graph",
+            vec![
+                "serve".into(),
+                "graph".into(),
+                "--metadata".into(),
+                arg(&metadata).into(),
+                "--data-dir".into(),
+                dir_arg("graph-data"),
+            ],
+        )?;
+        graph.wait_ready(READY).await?;
+
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "policy".into(),
+            "--graph".into(),
+            graph.url(),
+            "--data-dir".into(),
+            dir_arg("policy-data"),
+            "--admin-token-file".into(),
+            arg(&token).into(),
+        ];
+        etcd_args(&mut args);
+        let policy = start("policy", args)?;
+        policy.wait_ready(READY).await?;
+
+        let lock_config = dir.path().join("lock.toml");
+        std::fs::write(
+            &lock_config,
+            format!("[default]\nslots = {}\n", options.slots),
+        )?;
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "lock".into(),
+            "--config".into(),
+            arg(&lock_config).into(),
+            "--data-dir".into(),
+            dir_arg("lock-data"),
+            "--admin-token-file".into(),
+            arg(&token).into(),
+        ];
+        etcd_args(&mut args);
+        let lock = start("lock", args)?;
+        lock.wait_ready(READY).await?;
+
+        let telemetry_config = dir.path().join("telemetry.toml");
+        let mut text = String::from("stale_after = \"30m\"\nwatch_coalesce = \"100ms\"\n");
+        if let Some((ratio, attempts)) = options.halt {
+            text.push_str(&format!(
+                "[policy]\nurl = \"{}\"\ncheck_interval = \"2s\"\n\
+                 [halt.default]\nmax_failure_ratio = {ratio:?}\nmin_attempts = {attempts}\n",
+                policy.url()
+            ));
+        }
+        std::fs::write(&telemetry_config, text)?;
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "telemetry".into(),
+            "--config".into(),
+            arg(&telemetry_config).into(),
+            "--data-dir".into(),
+            dir_arg("telemetry-data"),
+            "--admin-token-file".into(),
+            arg(&token).into(),
+        ];
+        etcd_args(&mut args);
+        let telemetry = start("telemetry", args)?;
+        telemetry.wait_ready(READY).await?;
+
+        Ok(Self {
+            dir,
+            stream,
+            _graph: graph,
+            policy,
+            lock,
+            telemetry,
+        })
+    }
+
+    /// The x86_64 release `version`.
+    fn release(&self, version: &str) -> Result<Release> {
+        release(&self.stream, version)
+    }
+
+    /// A host of this mesh booted on `booted`.
+    fn spec(&self, index: usize, wariness: Option<f64>, booted: &Release) -> AgentSpec {
+        AgentSpec {
+            name: format!("host-{index:02}"),
+            node_uuid: format!("{:032x}", 0x5ce0_0000_u64 + index as u64),
+            wariness,
+            group: GROUP.into(),
+            policy: self.policy.addr().to_string(),
+            lock: self.lock.addr().to_string(),
+            telemetry: Some(self.telemetry.addr().to_string()),
+            fail_versions: Vec::new(),
+            booted: booted.clone(),
+        }
+    }
+
+    fn start_agent(&self, spec: &AgentSpec) -> Result<AgentProcess> {
+        let hosts = self.dir.path().join("hosts");
+        std::fs::create_dir_all(&hosts)?;
+        AgentProcess::start(&hosts, spec)
+    }
+
+    async fn rollouts(&self) -> Result<Vec<policy_pb::Rollout>> {
+        let mut client = RolloutAdminServiceClient::connect(self.policy.url()).await?;
+        let mut request = tonic::Request::new(policy_pb::ListRolloutsRequest {
+            stream: "stable".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+        Ok(client.list_rollouts(request).await?.into_inner().rollouts)
+    }
+
+    async fn fleet(&self) -> Result<Vec<telemetry_pb::HostStatus>> {
+        let mut client = TelemetryServiceClient::connect(self.telemetry.url()).await?;
+        let response = client
+            .get_fleet(telemetry_pb::GetFleetRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?;
+        Ok(response
+            .into_inner()
+            .hosts
+            .into_iter()
+            .filter_map(|h| h.status)
+            .collect())
+    }
+
+    async fn group(&self) -> Result<lock_pb::Group> {
+        let mut client = LockServiceClient::connect(self.lock.url()).await?;
+        let response = client
+            .get_group(lock_pb::GetGroupRequest {
+                group: GROUP.into(),
+            })
+            .await?;
+        response.into_inner().group.context("no group")
+    }
+}
+
+/// What the lock watcher saw.
+#[derive(Debug, Default, Clone)]
+struct LockRecord {
+    /// Largest number of simultaneous holders.
+    max_holders: usize,
+    /// Largest configured slot count seen.
+    slots: u32,
+    /// Every holder id that ever held a slot.
+    holders_seen: BTreeSet<String>,
+    /// Group states received.
+    updates: u64,
+    /// Watch streams (re)opened.
+    connections: u64,
+}
+
+/// Follows the group with `WatchGroup` (reconnecting across lock restarts)
+/// and records the most holders at once.
+fn watch_lock(url: String) -> (Arc<Mutex<LockRecord>>, JoinHandle<()>) {
+    let record = Arc::new(Mutex::new(LockRecord::default()));
+    let shared = record.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(mut client) = LockServiceClient::connect(url.clone()).await
+                && let Ok(response) = client
+                    .watch_group(lock_pb::WatchGroupRequest {
+                        group: GROUP.into(),
+                    })
+                    .await
+            {
+                shared.lock().unwrap().connections += 1;
+                let mut stream = response.into_inner();
+                while let Ok(Some(message)) = stream.message().await {
+                    if let Some(group) = message.group {
+                        let mut r = shared.lock().unwrap();
+                        r.updates += 1;
+                        r.max_holders = r.max_holders.max(group.holders.len());
+                        r.slots = r.slots.max(group.total_slots);
+                        for h in group.holders {
+                            r.holders_seen.insert(h.id);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (record, task)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after
+/// `limit` with `what` and the last observation.
+async fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn describe(agents: &[AgentProcess]) -> String {
+    agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: booted {:?} staged {:?} boots {:?} exits {:?}",
+                a.name(),
+                a.booted().unwrap_or_default(),
+                a.staged().ok().flatten(),
+                a.boot_versions(),
+                a.exits()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Fails when an agent stopped with anything but a simulated reboot.
+fn check_alive(agents: &[AgentProcess]) -> Result<()> {
+    for agent in agents {
+        ensure!(
+            !agent.finished(),
+            "{} stopped: exits {:?}\n{}",
+            agent.name(),
+            agent.exits(),
+            agent.log_tail()
+        );
+    }
+    Ok(())
+}
+
+/// Waits until every agent booted `version` and is idle again (steady
+/// reported, no slot held).
+async fn wait_converged(agents: &[AgentProcess], version: &str, limit: Duration) -> Result<()> {
+    wait_for(
+        limit,
+        &format!("every host idle on {version}"),
+        async || {
+            check_alive(agents)?;
+            for agent in agents {
+                if agent.booted()? != version {
+                    return Ok(None);
+                }
+                let status = agent.status()?;
+                if status.state() != "idle" || status.get("lock held") != "false" {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .with_context(|| describe(agents))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_reaches_every_host_in_wariness_order_within_the_slots() -> Result<()> {
+    // Started 15 s ago over one minute: the throttle is at 25% and opens
+    // the rest of the wariness space over the next 45 s.
+    let mesh = Mesh::start(
+        &MeshOptions {
+            slots: 2,
+            etcd: None,
+            halt: None,
+        },
+        |updates| set_last_rollout(updates, rollout_started(15, 1)),
+    )
+    .await?;
+    let old = mesh.release(OLD)?;
+    // Four hosts are eligible at once (a tie, contending for 2 slots), the
+    // others open about 12 s apart.
+    let wariness = [0.0, 0.05, 0.1, 0.15, 0.4, 0.6, 0.8, 1.0];
+    let (record, watcher) = watch_lock(mesh.lock.url());
+    let mut agents = Vec::new();
+    for (index, w) in wariness.iter().enumerate() {
+        agents.push(mesh.start_agent(&mesh.spec(index, Some(*w), &old))?);
+    }
+    wait_converged(&agents, NEW, Duration::from_secs(120)).await?;
+    watcher.abort();
+
+    // Every host went OLD -> NEW in one reboot.
+    for agent in &agents {
+        assert_eq!(agent.boot_versions(), [OLD, NEW], "{}", describe(&agents));
+    }
+    // Hosts reach NEW in wariness order; hosts whose eligibility is less
+    // than 0.2 of the wariness space (12 s) apart may tie.
+    let reached: Vec<(f64, Instant, &str)> = agents
+        .iter()
+        .zip(wariness)
+        .map(|(a, w)| {
+            let at = a
+                .boots()
+                .iter()
+                .find(|b| b.version == NEW)
+                .map(|b| b.at)
+                .expect("booted NEW");
+            (w, at, a.name())
+        })
+        .collect();
+    for (wa, at_a, a) in &reached {
+        for (wb, at_b, b) in &reached {
+            if wb - wa >= 0.2 {
+                assert!(
+                    at_a < at_b,
+                    "{a} (wariness {wa}) reached {NEW} after {b} (wariness {wb})"
+                );
+            }
+        }
+    }
+    let mut order: Vec<_> = reached.clone();
+    order.sort_by_key(|(_, at, _)| *at);
+    eprintln!(
+        "order reached: {:?}",
+        order.iter().map(|(w, _, n)| (*n, *w)).collect::<Vec<_>>()
+    );
+
+    // The reboot slots bound the hosts rebooting at once, and every host
+    // held one.
+    let record = record.lock().unwrap().clone();
+    eprintln!("lock record: {record:?}");
+    assert_eq!(record.slots, 2);
+    assert!(record.max_holders <= 2, "{record:?}");
+    assert_eq!(record.holders_seen.len(), agents.len(), "{record:?}");
+    let group = mesh.group().await?;
+    assert!(group.holders.is_empty(), "{group:?}");
+    let rollouts = mesh.rollouts().await?;
+    let rollout = rollouts
+        .iter()
+        .find(|r| r.version == NEW)
+        .context("no rollout")?;
+    assert!(!rollout.paused, "{rollout:?}");
+
+    // Telemetry sees the whole fleet steady on NEW.
+    wait_for(Duration::from_secs(20), "telemetry shows NEW", async || {
+        let hosts = mesh.fleet().await?;
+        Ok(
+            (hosts.len() == agents.len() && hosts.iter().all(|h| h.booted_version == NEW))
+                .then_some(()),
+        )
+    })
+    .await?;
+    Ok(())
+}
