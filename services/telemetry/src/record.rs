@@ -251,72 +251,108 @@ pub fn apply_status(
     let mut attempts = prev.map(|p| p.attempts.clone()).unwrap_or_default();
     let prev_status = prev.map(|p| &p.status);
     let mut events = Vec::new();
+    track_progress(&mut attempts, prev_status, &status, now_ms, &mut events);
+    track_failure(&mut attempts, prev_status, &status, now_ms, &mut events);
+    track_steady(&mut attempts, &status, now_ms, &mut events);
+    if attempts.len() > MAX_ATTEMPTS_PER_HOST {
+        let excess = attempts.len() - MAX_ATTEMPTS_PER_HOST;
+        attempts.drain(..excess);
+    }
+    let record = HostRecord {
+        status,
+        last_seen_ms: now_ms,
+        attempts,
+    };
+    (record, events)
+}
+
+/// Opens (or reopens after a failure) the attempt on the target while the
+/// host works towards it, and notes when it is first seen staged. Times are
+/// the server's, so durations do not mix clocks.
+fn track_progress(
+    attempts: &mut Vec<Attempt>,
+    prev: Option<&StatusRecord>,
+    status: &StatusRecord,
+    now_ms: u64,
+    events: &mut Vec<AttemptEvent>,
+) {
     let state = status.state();
-    let target = status.target_version.as_str();
-    let stream = status.stream.as_str();
-    let prev_state = prev_status.map_or(AgentState::Unspecified, StatusRecord::state);
-    let working = !target.is_empty() && target != status.booted_version && in_progress(state);
-
-    if working {
-        let fresh_staging = state == AgentState::Staging && prev_state != AgentState::Staging;
-        match attempts.iter_mut().find(|a| a.version == target) {
-            None => {
-                attempts.push(new_attempt(stream, target, now_ms));
-                events.push(started(stream, target));
-            }
-            Some(a) if !a.open && a.steady_ms.is_none() && fresh_staging => {
-                a.open = true;
-                events.push(started(stream, target));
-            }
-            Some(_) => {}
-        }
-        if state == AgentState::Staged
-            && let Some(a) = attempts.iter_mut().find(|a| a.version == target)
-            && a.staged_ms.is_none()
-        {
-            let since = status.state_since_ms;
-            a.staged_ms = Some(if since > 0 && since <= now_ms {
-                since
-            } else {
-                now_ms
-            });
-        }
+    let (target, stream) = (status.target_version.as_str(), status.stream.as_str());
+    if target.is_empty() || target == status.booted_version || !in_progress(state) {
+        return;
     }
+    let prev_state = prev.map_or(AgentState::Unspecified, StatusRecord::state);
+    let fresh_staging = state == AgentState::Staging && prev_state != AgentState::Staging;
+    match attempts.iter_mut().find(|a| a.version == target) {
+        None => {
+            attempts.push(new_attempt(stream, target, now_ms));
+            events.push(started(stream, target));
+        }
+        Some(a) if !a.open && a.steady_ms.is_none() && fresh_staging => {
+            a.open = true;
+            events.push(started(stream, target));
+        }
+        Some(_) => {}
+    }
+    if state == AgentState::Staged
+        && let Some(a) = attempts.iter_mut().find(|a| a.version == target)
+    {
+        a.staged_ms.get_or_insert(now_ms);
+    }
+}
 
-    let new_error = !status.last_error_kind.is_empty()
-        && prev_status.is_none_or(|p| {
-            p.last_error_kind != status.last_error_kind || p.last_error != status.last_error
+/// A new error (kind or message changed, not empty) fails the open attempt
+/// on the target (or on the previous report's target when none is given).
+fn track_failure(
+    attempts: &mut Vec<Attempt>,
+    prev: Option<&StatusRecord>,
+    status: &StatusRecord,
+    now_ms: u64,
+    events: &mut Vec<AttemptEvent>,
+) {
+    let kind = &status.last_error_kind;
+    let new_error = !kind.is_empty()
+        && prev.is_none_or(|p| &p.last_error_kind != kind || p.last_error != status.last_error);
+    if !new_error {
+        return;
+    }
+    let target = match status.target_version.as_str() {
+        "" => prev.map_or("", |p| p.target_version.as_str()),
+        t => t,
+    };
+    if target.is_empty() || target == status.booted_version {
+        return;
+    }
+    if !attempts.iter().any(|a| a.version == target) {
+        attempts.push(new_attempt(&status.stream, target, now_ms));
+        events.push(started(&status.stream, target));
+    }
+    if let Some(a) = attempts.iter_mut().find(|a| a.version == target)
+        && a.open
+    {
+        a.open = false;
+        a.failed.get_or_insert_with(|| kind.clone());
+        events.push(AttemptEvent::Failed {
+            stream: a.stream.clone(),
+            version: a.version.clone(),
+            kind: kind.clone(),
         });
-    if new_error {
-        let failed_target = if target.is_empty() {
-            prev_status.map_or("", |p| p.target_version.as_str())
-        } else {
-            target
-        };
-        if !failed_target.is_empty() && failed_target != status.booted_version {
-            if !attempts.iter().any(|a| a.version == failed_target) {
-                attempts.push(new_attempt(stream, failed_target, now_ms));
-                events.push(started(stream, failed_target));
-            }
-            if let Some(a) = attempts.iter_mut().find(|a| a.version == failed_target)
-                && a.open
-            {
-                a.open = false;
-                a.failed
-                    .get_or_insert_with(|| status.last_error_kind.clone());
-                events.push(AttemptEvent::Failed {
-                    stream: a.stream.clone(),
-                    version: a.version.clone(),
-                    kind: status.last_error_kind.clone(),
-                });
-            }
-        }
     }
+}
 
-    if steady(state)
-        && let Some(a) = attempts
-            .iter_mut()
-            .find(|a| a.version == status.booted_version && a.steady_ms.is_none())
+/// Steady on a release closes its attempt as a success.
+fn track_steady(
+    attempts: &mut [Attempt],
+    status: &StatusRecord,
+    now_ms: u64,
+    events: &mut Vec<AttemptEvent>,
+) {
+    if !steady(status.state()) {
+        return;
+    }
+    if let Some(a) = attempts
+        .iter_mut()
+        .find(|a| a.version == status.booted_version && a.steady_ms.is_none())
     {
         a.open = false;
         a.steady_ms = Some(now_ms);
@@ -328,17 +364,6 @@ pub fn apply_status(
                 .map(|s| Duration::from_millis(now_ms.saturating_sub(s))),
         });
     }
-
-    if attempts.len() > MAX_ATTEMPTS_PER_HOST {
-        let excess = attempts.len() - MAX_ATTEMPTS_PER_HOST;
-        attempts.drain(..excess);
-    }
-    let record = HostRecord {
-        status,
-        last_seen_ms: now_ms,
-        attempts,
-    };
-    (record, events)
 }
 
 fn new_attempt(stream: &str, version: &str, now_ms: u64) -> Attempt {
