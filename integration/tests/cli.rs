@@ -566,6 +566,40 @@ async fn fleet_summary_and_hosts_from_a_real_telemetry_service() -> Result<()> {
 
     let hosts = run_cli(&["fleet", "hosts"], &env)?.expect(0)?;
     golden("fleet-hosts", &hosts.stdout, &urls)?;
+    // One host per page: the pages are followed, and --limit stops early.
+    let paged = run_cli(&["fleet", "hosts", "--page-size", "1", "-o", "json"], &env)?
+        .expect(0)?
+        .json()?;
+    let ids: Vec<&str> = paged["hosts"]
+        .as_array()
+        .context("hosts")?
+        .iter()
+        .filter_map(|h| h["node_uuid"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+            "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+            "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c"
+        ]
+    );
+    let limited = run_cli(
+        &[
+            "fleet",
+            "hosts",
+            "--page-size",
+            "1",
+            "--limit",
+            "2",
+            "-o",
+            "json",
+        ],
+        &env,
+    )?
+    .expect(0)?
+    .json()?;
+    assert_eq!(limited["hosts"].as_array().map(Vec::len), Some(2));
     let filtered = run_cli(
         &[
             "fleet",

@@ -35,6 +35,9 @@ enum FleetCommand {
         /// At most this many hosts (pages are fetched until reached).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Hosts per GetFleet call (1-1000).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
     },
 }
 
@@ -132,21 +135,29 @@ pub async fn run(args: FleetArgs) -> Result<Exit, OpsError> {
                 .unwrap_or_default();
             emit(args.common.output, &summary_view(&summary), render_summary)?;
         }
-        FleetCommand::Hosts { filter, limit } => {
+        FleetCommand::Hosts {
+            filter,
+            limit,
+            page_size,
+        } => {
             let mut hosts = Vec::new();
             let mut page_token = String::new();
             while hosts.len() < limit {
                 let page = client
                     .get_fleet(conn.request(pb::GetFleetRequest {
                         filter: Some(filter.proto()),
-                        page_size: (limit - hosts.len()).min(1000) as u32,
-                        page_token,
+                        page_size: (limit - hosts.len()).min(page_size as usize) as u32,
+                        page_token: page_token.clone(),
                     }))
                     .await
                     .map_err(|s| conn.fail(s))?
                     .into_inner();
                 hosts.extend(page.hosts.iter().map(host_view));
-                if page.next_page_token.is_empty() {
+                // An empty page or a repeated token would loop forever.
+                if page.hosts.is_empty()
+                    || page.next_page_token.is_empty()
+                    || page.next_page_token == page_token
+                {
                     break;
                 }
                 page_token = page.next_page_token;
