@@ -196,7 +196,12 @@ pub async fn run_with<O: OsBackend>(
         failures,
         seen_feed_errors: 0,
     };
-    d.run().await
+    // Cancellation also ends an OS call in flight, as a killed process would.
+    let stop = rt.cancel.clone();
+    tokio::select! {
+        r = d.run() => r,
+        _ = stop.cancelled() => Ok(Exit::Cancelled),
+    }
 }
 
 struct Driver<'a, O> {

@@ -128,8 +128,16 @@ impl Task {
     }
 
     fn publish(&self, hint: Option<Hint>, error: Option<String>) {
+        self.publish_counted(hint, error, false);
+    }
+
+    /// Publishes in one update, so readers never see a count without its hint.
+    fn publish_counted(&self, hint: Option<Hint>, error: Option<String>, pushed: bool) {
         let now = self.clock.now();
         self.feed.send_modify(|f| {
+            if pushed {
+                f.pushed += 1;
+            }
             if let Some(h) = hint {
                 f.hint = Some(h);
                 f.checks += 1;
@@ -277,10 +285,7 @@ impl Task {
             }
             use pb::watch_update_hints_response::Event;
             match msg.event {
-                Some(Event::Hint(h)) => {
-                    self.feed.send_modify(|f| f.pushed += 1);
-                    self.publish(Some(from_proto(&h)), None);
-                }
+                Some(Event::Hint(h)) => self.publish_counted(Some(from_proto(&h)), None, true),
                 Some(Event::Reconnect(r)) => {
                     let d = r
                         .retry_after

@@ -168,11 +168,7 @@ impl RebootLock {
             return Ok(LockCheck::Held);
         }
         let state = match &self.acquiring {
-            None => {
-                let rx = self.start_acquire();
-                let s = rx.borrow().clone();
-                s
-            }
+            None => self.start_acquire().borrow().clone(),
             Some((rx, _)) => rx.borrow().clone(),
         };
         match state {

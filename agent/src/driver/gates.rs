@@ -131,7 +131,10 @@ impl<O: OsBackend> Driver<'_, O> {
             tracing::warn!(sessions = n, "postponement limit reached; rebooting anyway");
             return Ok(None);
         }
-        tracing::info!(sessions = n, message = %self.s.session_message, "reboot postponed for logged-in users");
+        match self.os.message_sessions(&self.s.session_message).await {
+            Ok(reached) => tracing::info!(sessions = n, reached, "users told about the reboot"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot message users"),
+        }
         let retry = limit.min(now + SESSIONS_RETRY);
         Ok(Some(Gate::Wait(
             format!("{n} interactive session(s) logged in"),
