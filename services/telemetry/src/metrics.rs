@@ -154,9 +154,15 @@ impl TelemetryMetrics {
 
     /// Registers the gauges read from the fleet view at scrape time.
     pub fn observe(&self, fleet: Arc<Mutex<Fleet>>, clock: SharedClock, stale_after: Duration) {
+        self.observe_hosts(fleet.clone(), clock.clone(), stale_after);
+        self.observe_stale(fleet.clone(), clock, stale_after);
+        self.observe_halts(fleet);
+    }
+
+    fn observe_hosts(&self, fleet: Arc<Mutex<Fleet>>, clock: SharedClock, stale_after: Duration) {
         let budget = self.budget.clone();
-        let f = fleet.clone();
-        let c = clock.clone();
+        let f = fleet;
+        let c = clock;
         self.meter
             .u64_observable_gauge("upshift_telemetry_hosts")
             .with_description("Fresh hosts by stream, booted version, state and group.")
@@ -188,8 +194,11 @@ impl TelemetryMetrics {
                 }
             })
             .build();
+    }
+
+    fn observe_stale(&self, fleet: Arc<Mutex<Fleet>>, clock: SharedClock, stale_after: Duration) {
         let budget = self.budget.clone();
-        let f = fleet.clone();
+        let f = fleet;
         self.meter
             .u64_observable_gauge("upshift_telemetry_stale_hosts")
             .with_description("Hosts that stopped reporting (not yet dropped), by stream.")
@@ -208,6 +217,9 @@ impl TelemetryMetrics {
                 }
             })
             .build();
+    }
+
+    fn observe_halts(&self, fleet: Arc<Mutex<Fleet>>) {
         self.meter
             .u64_observable_gauge("upshift_telemetry_halts")
             .with_description("Automatic rollout halts in force, by stream and version.")
