@@ -30,6 +30,17 @@ pub enum Exit {
     Unavailable = 3,
 }
 
+impl Exit {
+    /// The higher of two exit codes (unavailable outranks a failed call).
+    pub fn worse(self, other: Exit) -> Exit {
+        if other as u8 > self as u8 {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -203,28 +203,55 @@ pub async fn run_status(args: StatusArgs) -> Result<Exit, OpsError> {
         Service::Lock => args.lock_url.clone(),
         Service::Telemetry => args.telemetry_url.clone(),
     };
-    // The graph first: its scopes tell what to ask the policy about.
-    let mut services = Vec::new();
-    let mut scopes: Vec<(graph_pb::Scope, u64)> = Vec::new();
-    if only.contains(&Service::Graph) {
-        let (view, probe) = probe(Service::Graph, url(Service::Graph), &options, &[]).await?;
-        if let Some(p) = probe {
-            scopes = p.scopes.into_iter().zip(p.revisions).collect();
+    let wanted = |s: Service| only.contains(&s);
+    // The graph before the policy (its scopes tell what to ask the policy
+    // about); lock and telemetry meanwhile, so one slow service costs one
+    // deadline, not several.
+    let graph_and_policy = async {
+        let mut views = Vec::new();
+        let mut scopes: Vec<(graph_pb::Scope, u64)> = Vec::new();
+        if wanted(Service::Graph) {
+            let (view, probe) = probe(Service::Graph, url(Service::Graph), &options, &[]).await?;
+            if let Some(p) = probe {
+                scopes = p.scopes.into_iter().zip(p.revisions).collect();
+            }
+            views.push(view);
         }
-        services.push(view);
-    }
-    let graph_scopes: Vec<graph_pb::Scope> = scopes.iter().map(|(s, _)| s.clone()).collect();
-    let mut policy_revisions = None;
-    for service in [Service::Policy, Service::Lock, Service::Telemetry] {
-        if !only.contains(&service) {
-            continue;
-        }
-        let (view, probe) = probe(service, url(service), &options, &graph_scopes).await?;
-        if service == Service::Policy {
+        let graph_scopes: Vec<graph_pb::Scope> = scopes.iter().map(|(s, _)| s.clone()).collect();
+        let mut policy_revisions = None;
+        if wanted(Service::Policy) {
+            let (view, probe) = probe(
+                Service::Policy,
+                url(Service::Policy),
+                &options,
+                &graph_scopes,
+            )
+            .await?;
             policy_revisions = probe.map(|p| p.revisions);
+            views.push(view);
         }
-        services.push(view);
-    }
+        Ok::<_, OpsError>((views, scopes, policy_revisions))
+    };
+    let other = |service: Service| {
+        let url = url(service);
+        let options = &options;
+        async move {
+            match wanted(service) {
+                true => probe(service, url, options, &[])
+                    .await
+                    .map(|(view, _)| Some(view)),
+                false => Ok(None),
+            }
+        }
+    };
+    let (first, lock, telemetry) = tokio::join!(
+        graph_and_policy,
+        other(Service::Lock),
+        other(Service::Telemetry)
+    );
+    let (mut services, scopes, policy_revisions) = first?;
+    services.extend(lock?);
+    services.extend(telemetry?);
     let scopes = scopes
         .into_iter()
         .enumerate()
@@ -236,16 +263,7 @@ pub async fn run_status(args: StatusArgs) -> Result<Exit, OpsError> {
             policy_revision: policy_revisions.as_ref().and_then(|r| r.get(i).copied()),
         })
         .collect();
-    let exit = services
-        .iter()
-        .map(|s| s.exit)
-        .max_by_key(|e| match e {
-            Exit::Ok => 0,
-            Exit::Failed => 1,
-            Exit::Usage => 2,
-            Exit::Unavailable => 3,
-        })
-        .unwrap_or(Exit::Ok);
+    let exit = services.iter().map(|s| s.exit).fold(Exit::Ok, Exit::worse);
     let view = StatusView { services, scopes };
     emit(args.common.output, &view, render_status)?;
     Ok(exit)
@@ -307,20 +325,10 @@ async fn probe(
             Ok((view, Some(p)))
         }
         Err(err) => {
-            view.exit = view.exit.max_severity(err.exit());
+            view.exit = view.exit.worse(err.exit());
             view.summary = short_error(&err);
             view.error = Some(err.to_string());
             Ok((view, None))
-        }
-    }
-}
-
-impl Exit {
-    fn max_severity(self, other: Exit) -> Exit {
-        if self == Exit::Unavailable || other == Exit::Ok {
-            self
-        } else {
-            other
         }
     }
 }
