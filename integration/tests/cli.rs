@@ -478,16 +478,20 @@ fn unreachable_services_exit_3_and_usage_errors_exit_2() -> Result<()> {
     run_cli(&["rollout", "pause", "stable"], &[])?.expect(2)?;
     let bad = run_cli(&["lock", "list", "--lock", "ftp://example.org"], &[])?.expect(2)?;
     assert!(bad.stderr.contains("http:// or https://"), "{}", bad.stderr);
-    let missing = run_cli(
-        &["lock", "list", "--admin-token-file", "/nonexistent/token"],
-        &[],
-    )?
-    .expect(2)?;
+    let no_token = ["--admin-token-file", "/nonexistent/token"];
+    let mut admin = vec!["lock", "pause", "workers", "--reason", "x"];
+    admin.extend(no_token);
+    let missing = run_cli(&admin, &[])?.expect(2)?;
     assert!(
         missing.stderr.contains("/nonexistent/token"),
         "{}",
         missing.stderr
     );
+    // Read-only commands and health checks do not read the token file.
+    let mut health = vec!["health", &closed];
+    health.extend(no_token);
+    let down = run_cli(&health, &[])?.expect(3)?;
+    assert!(down.stderr.contains("is unreachable"), "{}", down.stderr);
     Ok(())
 }
 

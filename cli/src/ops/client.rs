@@ -173,8 +173,10 @@ struct TlsFiles {
 }
 
 impl Options {
-    /// Reads the CA, client certificate and admin token files once.
-    pub fn load(args: &CommonArgs) -> Result<Self, OpsError> {
+    /// Reads the CA and client certificate files, and the admin token when
+    /// the command is an admin call (so read-only commands and health checks
+    /// never fail over a token file they do not need).
+    pub fn load(args: &CommonArgs, admin: bool) -> Result<Self, OpsError> {
         let ca = args.ca_file.as_deref().map(read_file).transpose()?;
         let identity = match (&args.client_cert, &args.client_key) {
             (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
@@ -186,6 +188,7 @@ impl Options {
             }
         };
         let token = match &args.admin_token_file {
+            _ if !admin => None,
             Some(path) => {
                 let text = String::from_utf8(read_file(path)?).map_err(|_| {
                     OpsError::Usage(format!("{}: the token is not UTF-8", path.display()))
@@ -389,22 +392,24 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, "  s3cret-token-value\n").unwrap();
-        let options = Options::load(&args(Some(file.clone()))).unwrap();
+        let options = Options::load(&args(Some(file.clone())), true).unwrap();
         assert_eq!(options.token.as_deref(), Some("s3cret-token-value"));
         std::fs::write(&file, "\n").unwrap();
-        let err = Options::load(&args(Some(file))).unwrap_err();
+        let err = Options::load(&args(Some(file.clone())), true).unwrap_err();
         assert_eq!(err.exit(), Exit::Usage);
-        let err = Options::load(&args(Some(dir.join("missing")))).unwrap_err();
+        let err = Options::load(&args(Some(dir.join("missing"))), true).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+        // Read-only commands ignore the token file.
+        assert!(Options::load(&args(Some(dir.join("missing"))), false).is_ok());
         let mut half = args(None);
         half.client_cert = Some(dir.join("cert.pem"));
-        assert_eq!(Options::load(&half).unwrap_err().exit(), Exit::Usage);
+        assert_eq!(Options::load(&half, false).unwrap_err().exit(), Exit::Usage);
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn requests_carry_the_deadline_and_the_bearer_token() {
-        let mut options = Options::load(&args(None)).unwrap();
+        let mut options = Options::load(&args(None), false).unwrap();
         options.token = Some("s3cret-token-value".into());
         let conn = Conn {
             service: "policy service".into(),
@@ -453,7 +458,7 @@ mod tests {
 
     #[test]
     fn urls_must_be_http_or_https() {
-        let options = Options::load(&args(None)).unwrap();
+        let options = Options::load(&args(None), false).unwrap();
         let err = endpoint("graph service", "ftp://x", &options).unwrap_err();
         assert_eq!(err.exit(), Exit::Usage);
         assert!(endpoint("graph service", "https://example.org:7401", &options).is_ok());

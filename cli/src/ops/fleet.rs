@@ -119,7 +119,7 @@ impl Filter {
 
 /// Runs `upshift fleet ...`.
 pub async fn run(args: FleetArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(&args.common, false)?;
     let conn = Conn::connect("telemetry service", &args.url, &options).await?;
     let mut client = TelemetryServiceClient::new(conn.channel.clone());
     match args.command {

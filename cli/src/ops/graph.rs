@@ -69,7 +69,7 @@ enum Scheme {
 
 /// Runs `upshift graph ...`.
 pub async fn run(args: GraphArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(&args.common, false)?;
     let conn = Conn::connect("graph service", &args.url, &options).await?;
     match args.command {
         GraphCommand::Show {

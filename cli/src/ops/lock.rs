@@ -84,7 +84,10 @@ enum LockCommand {
 
 /// Runs `upshift lock ...`.
 pub async fn run(args: LockArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(
+        &args.common,
+        !matches!(args.command, LockCommand::List | LockCommand::Show { .. }),
+    )?;
     let conn = Conn::connect("lock service", &args.url, &options).await?;
     let format = args.common.output;
     let mut locks = LockServiceClient::new(conn.channel.clone());

@@ -65,7 +65,10 @@ struct StreamChange {
 
 /// Runs `upshift rollout ...`.
 pub async fn run(args: RolloutArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(
+        &args.common,
+        !matches!(args.command, RolloutCommand::List { .. }),
+    )?;
     let conn = Conn::connect("policy service", &args.url, &options).await?;
     let mut client = RolloutAdminServiceClient::new(conn.channel.clone());
     let fail = |s| conn.fail(s);

@@ -116,7 +116,7 @@ async fn check_health(conn: &Conn, service: &str) -> Result<&'static str, OpsErr
 /// Runs `upshift health`: exit 0 when SERVING, 3 when not serving or
 /// unreachable, 1 when the service name is unknown to the server.
 pub async fn run_health(args: HealthArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(&args.common, false)?;
     let label = if args.service.is_empty() {
         "service".to_string()
     } else {
@@ -186,7 +186,7 @@ struct Probe {
 /// Runs `upshift status`: exit 0 when every checked service is serving and
 /// answered, 3 when one is unreachable or not serving, else 1.
 pub async fn run_status(args: StatusArgs) -> Result<Exit, OpsError> {
-    let options = Options::load(&args.common)?;
+    let options = Options::load(&args.common, false)?;
     let only = if args.only.is_empty() {
         vec![
             Service::Graph,
