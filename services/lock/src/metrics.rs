@@ -29,7 +29,7 @@ impl LockMetrics {
                 .with_description("Lock requests by API and result kind.")
                 .build(),
             latency: meter
-                .f64_histogram("upshift_lock_request_duration_seconds")
+                .f64_histogram("upshift_lock_request_duration")
                 .with_description("Lock request latency by API.")
                 .with_unit("s")
                 .build(),
@@ -92,7 +92,7 @@ impl LockMetrics {
             })
             .build();
         self.meter
-            .u64_observable_gauge("upshift_lock_oldest_holder_age_seconds")
+            .u64_observable_gauge("upshift_lock_oldest_holder_age")
             .with_description("Age of the oldest hold per group.")
             .with_unit("s")
             .with_callback(move |o| {

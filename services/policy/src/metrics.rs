@@ -44,7 +44,7 @@ impl PolicyMetrics {
                 .with_description("Policy requests by route and result kind.")
                 .build(),
             latency: meter
-                .f64_histogram("upshift_policy_request_duration_seconds")
+                .f64_histogram("upshift_policy_request_duration")
                 .with_description("Policy request latency by route.")
                 .with_unit("s")
                 .build(),
@@ -57,7 +57,7 @@ impl PolicyMetrics {
                 .with_description("Update hints pushed on streams.")
                 .build(),
             push_lag: meter
-                .f64_histogram("upshift_policy_push_lag_seconds")
+                .f64_histogram("upshift_policy_push_lag")
                 .with_description("Delay from a throttle-opening instant to the push.")
                 .with_unit("s")
                 .build(),
