@@ -749,3 +749,92 @@ async fn https_with_a_private_ca_and_an_admin_client_certificate() -> Result<()>
     .expect(2)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_automatic_halt_shows_in_fleet_summary_and_rollout_list() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let config = mesh.dir.path().join("telemetry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nurl = {:?}\nadmin_token_file = {:?}\n\
+             [halt.default]\nmax_failure_ratio = 0.1\nmin_attempts = 2\n",
+            mesh.policy.url(),
+            mesh.token_file.to_str().unwrap(),
+        ),
+    )?;
+    let data = mesh.dir.path().join("telemetry-data");
+    let telemetry = ServiceProcess::start(
+        "telemetry",
+        mesh.dir.path(),
+        &[
+            "serve",
+            "telemetry",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    )?;
+    telemetry.wait_ready(Duration::from_secs(20)).await?;
+    // Two hosts attempt the new release; one fails: 50% > 10%.
+    let old = "34.20211004.3.1";
+    let staging = AgentState::Staging as i32;
+    let mut failing = host(
+        "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+        "workers",
+        old,
+        staging,
+        NEW_ROLLOUT,
+    );
+    failing.last_error_kind = "staging-failed".into();
+    failing.last_error = "no space left on device".into();
+    report(
+        &telemetry,
+        vec![
+            host(
+                "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e",
+                "workers",
+                old,
+                staging,
+                NEW_ROLLOUT,
+            ),
+            failing,
+        ],
+    )
+    .await?;
+
+    // The telemetry service pauses the rollout in the policy service.
+    let mut paused = None;
+    for _ in 0..400 {
+        let list = mesh
+            .cli(&["rollout", "list", "-o", "json"])?
+            .expect(0)?
+            .json()?;
+        if list["rollouts"][1]["paused"] == true {
+            paused = Some(list);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = paused.context("the rollout was never halted")?;
+    let reason = list["rollouts"][1]["pause_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("automatic halt"), "{list}");
+
+    let mut urls = mesh.urls();
+    urls.push((telemetry.url(), "<telemetry-url>"));
+    let env = [("UPSHIFT_TELEMETRY_URL", telemetry.url())];
+    let summary = run_cli(&["fleet", "summary"], &env)?.expect(0)?;
+    golden("fleet-summary-halted", &summary.stdout, &urls)?;
+    let json = run_cli(&["fleet", "summary", "-o", "json"], &env)?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["halts"][0]["version"], NEW_ROLLOUT, "{json}");
+    let rollouts = mesh.cli(&["rollout", "list"])?.expect(0)?;
+    golden("rollout-list-halted", &rollouts.stdout, &urls)?;
+    let hosts = run_cli(&["fleet", "hosts", "--state", "staging"], &env)?.expect(0)?;
+    assert!(hosts.stdout.contains("staging-failed"), "{}", hosts.stdout);
+    Ok(())
+}

@@ -19,7 +19,8 @@ pub const NEW_ROLLOUT: &str = "34.20211016.3.0";
 /// graph, policy and lock as processes on the stable metadata with
 /// updates-history/058.json, both admin services sharing one token file.
 pub struct Mesh {
-    token_file: PathBuf,
+    /// The admin token file both admin services use.
+    pub token_file: PathBuf,
     /// The graph service.
     pub graph: ServiceProcess,
     /// The policy service.
