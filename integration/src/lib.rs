@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod agent;
+pub mod etcd;
 pub mod tools;
 
 /// The directory holding the workspace's built binaries.

@@ -6,7 +6,7 @@
 //! the tests wait with bounded polling and assert only on order and
 //! outcomes, never on elapsed time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use tokio::task::JoinHandle;
 use upshift_integration::agent::{AgentProcess, AgentSpec, Release, release};
+use upshift_integration::etcd::EtcdCluster;
 use upshift_integration::{ServiceProcess, Workdir, stable_metadata};
 use upshift_proto::lock::v1 as lock_pb;
+use upshift_proto::lock::v1::lock_admin_service_client::LockAdminServiceClient;
 use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
 use upshift_proto::policy::v1 as policy_pb;
 use upshift_proto::policy::v1::rollout_admin_service_client::RolloutAdminServiceClient;
@@ -593,5 +595,127 @@ async fn failing_release_is_halted_and_the_rest_never_stage_it() -> Result<()> {
         summary.halts.iter().any(|h| h.version == NEW),
         "{summary:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_of_policy_lock_telemetry_and_an_etcd_member_lose_no_lock() -> Result<()> {
+    if upshift_store::testing::skip_etcd() {
+        return Ok(());
+    }
+    let mut etcd = EtcdCluster::start(3).await?;
+    // Started 15 s ago over one minute: three hosts are eligible at once,
+    // the others in pairs over the next 45 s.
+    let mut mesh = Mesh::start(
+        &MeshOptions {
+            slots: 2,
+            etcd: Some(etcd.endpoints()),
+            halt: None,
+        },
+        |updates| set_last_rollout(updates, rollout_started(15, 1)),
+    )
+    .await?;
+    let old = mesh.release(OLD)?;
+    let wariness = [0.0, 0.05, 0.1, 0.3, 0.35, 0.6, 0.65, 0.9];
+    let (record, watcher) = watch_lock(mesh.lock.url());
+    let mut agents = Vec::new();
+    for (index, w) in wariness.iter().enumerate() {
+        agents.push(mesh.start_agent(&mesh.spec(index, Some(*w), &old))?);
+    }
+
+    // Mid-rollout: once a host is through, and another holds a slot.
+    let holding = wait_for(
+        Duration::from_secs(60),
+        "a host on NEW and a holder",
+        async || {
+            check_alive(&agents)?;
+            let done = agents
+                .iter()
+                .filter(|a| a.booted().is_ok_and(|v| v == NEW))
+                .count();
+            let holders = mesh.group().await?.holders;
+            Ok((done >= 1 && !holders.is_empty()).then_some(holders))
+        },
+    )
+    .await
+    .with_context(|| describe(&agents))?;
+    let before: Vec<String> = agents
+        .iter()
+        .map(|a| a.booted().unwrap_or_default())
+        .collect();
+    etcd.kill(0);
+    mesh.lock.restart()?;
+    mesh.lock.wait_ready(READY).await?;
+    mesh.policy.restart()?;
+    mesh.policy.wait_ready(READY).await?;
+    mesh.telemetry.restart()?;
+    mesh.telemetry.wait_ready(READY).await?;
+    etcd.restart(0).await?;
+    let after: Vec<String> = agents
+        .iter()
+        .map(|a| a.booted().unwrap_or_default())
+        .collect();
+    eprintln!(
+        "holding at the restarts: {holding:?}\nbooted before the restarts: {before:?}\nbooted after: {after:?}"
+    );
+    assert!(
+        after.iter().any(|v| v == OLD),
+        "the restarts came after the rollout: {after:?}"
+    );
+
+    wait_converged(&agents, NEW, Duration::from_secs(120)).await?;
+    watcher.abort();
+
+    // One reboot each: no host rebooted twice or skipped.
+    for agent in &agents {
+        assert_eq!(agent.boot_versions(), [OLD, NEW], "{}", describe(&agents));
+    }
+    let record = record.lock().unwrap().clone();
+    eprintln!("lock record: {record:?}");
+    assert!(
+        record.connections >= 2,
+        "the watch never saw the restart: {record:?}"
+    );
+    assert!(record.max_holders <= 2, "{record:?}");
+    let group = mesh.group().await?;
+    assert!(group.holders.is_empty(), "holder left: {group:?}");
+
+    // The audit (kept in etcd across the restart): every host was granted a
+    // slot exactly once and released it once, by itself at steady state;
+    // no lease expired and nothing was force-released.
+    let mut client = LockAdminServiceClient::connect(mesh.lock.url()).await?;
+    let mut request = tonic::Request::new(lock_pb::ListAuditRequest {
+        group: GROUP.into(),
+        limit: 1000,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let entries = client.list_audit(request).await?.into_inner().entries;
+    let mut grants: BTreeMap<String, u32> = BTreeMap::new();
+    let mut releases: BTreeMap<String, u32> = BTreeMap::new();
+    for entry in &entries {
+        match entry.action.as_str() {
+            "grant" => *grants.entry(entry.target.clone()).or_default() += 1,
+            "release" => {
+                assert_ne!(entry.actor, "lease", "a lease expired: {entry:?}");
+                *releases.entry(entry.target.clone()).or_default() += 1;
+            }
+            other => panic!("unexpected audit action {other}: {entry:?}"),
+        }
+    }
+    assert_eq!(grants.len(), agents.len(), "{entries:#?}");
+    assert!(grants.values().all(|&n| n == 1), "{grants:?}");
+    assert_eq!(grants, releases, "{entries:#?}");
+
+    // The restarted telemetry (on etcd) sees the whole fleet on NEW.
+    wait_for(Duration::from_secs(20), "telemetry shows NEW", async || {
+        let hosts = mesh.fleet().await?;
+        Ok(
+            (hosts.len() == agents.len() && hosts.iter().all(|h| h.booted_version == NEW))
+                .then_some(()),
+        )
+    })
+    .await?;
     Ok(())
 }
