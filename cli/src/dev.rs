@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use upshift_common::auth::AdminAuth;
-use upshift_common::clock::{ScaledClock, SharedClock};
+use upshift_common::clock::{Clock, ScaledClock, SharedClock, SystemClock};
 use upshift_common::config::{ServerSettings, parse_toml};
 use upshift_common::server::{BoundServer, shutdown_signal};
 use upshift_common::telemetry::{Metrics, TracingOptions, init_tracing};
@@ -166,7 +166,8 @@ async fn mesh(args: DevArgs) -> anyhow::Result<()> {
         })?)
     };
 
-    let start = SystemTime::now();
+    // The scaled clock starts from the real clock's reading.
+    let start = SystemClock.now();
     let metadata = prepare_metadata(&args.workdir, &args.fixtures, args.reset, start)?;
     let initial = fleet::initial_release(&metadata)?;
     let newest = fleet::newest_release(&metadata)?;
@@ -411,7 +412,7 @@ fn admin_token(state: &Path) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     let seed = format!(
         "{:?}-{}-{:?}",
-        SystemTime::now(),
+        SystemClock.now(),
         std::process::id(),
         std::thread::current().id()
     );

@@ -45,9 +45,17 @@ impl Snapshot {
             && fleet.by_state.get("idle") == Some(&fleet.total)
     }
 
-    /// An automatic halt is in force.
+    /// An automatic halt is in force and the policy service holds the
+    /// halted rollout paused (the telemetry service records the halt a
+    /// moment before the policy service accepts the pause).
     pub fn halted(&self) -> bool {
-        self.summary.as_ref().is_some_and(|s| !s.halts.is_empty())
+        self.summary.as_ref().is_some_and(|s| {
+            s.halts.iter().any(|halt| {
+                self.rollouts
+                    .iter()
+                    .any(|r| r.version == halt.version && r.paused)
+            })
+        })
     }
 }
 
