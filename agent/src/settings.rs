@@ -354,6 +354,49 @@ mod tests {
     }
 
     #[test]
+    fn windows_and_hint_backend() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("etc/upshift/agent.d");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("50.toml"),
+            "[updates]\npolicy_url = \"http://p:7402\"\n\
+             [[updates.windows]]\ndays = [\"Sat\", \"Sun\"]\nstart = \"22:00\"\nlength = \"3h\"\n\
+             time_zone = \"Europe/Berlin\"\n[[updates.windows]]\nstart = \"04:30\"\nlength = \"30m\"\n",
+        )
+        .unwrap();
+        let s = Settings::validate(&load(t.path()).unwrap(), t.path()).unwrap();
+        assert_eq!(s.hint_backend, HintBackend::Stream);
+        assert_eq!(s.windows.len(), 2);
+        assert_eq!(s.windows[0].length, Duration::from_secs(3 * 3600));
+        assert_eq!(s.run_dir, t.path().join("run/upshift"));
+
+        let m = merged(&[
+            ("updates.backend", "stream".into()),
+            (
+                "updates.windows",
+                toml::Value::Array(vec![
+                    toml::toml! { start = "25:00"
+                    length = "1h"
+                    time_zone = "Mars/Olympus" }
+                    .into(),
+                ]),
+            ),
+        ]);
+        let errs = Settings::validate(&m, Path::new("/")).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|e| e.contains("updates.policy_url")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.contains("windows[0].start")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|e| e.contains("Mars/Olympus")), "{text:?}");
+    }
+
+    #[test]
     fn from_files() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("etc/upshift/agent.d");

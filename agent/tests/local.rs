@@ -213,6 +213,7 @@ async fn logged_in_users_postpone_the_reboot_up_to_the_limit() {
     let t = tempfile::tempdir().unwrap();
     let mut s = settings(t.path(), &url);
     s.max_postpone = Duration::from_secs(600);
+    let sim_file = s.simulated_state_file.clone();
     std::fs::create_dir_all(s.simulated_state_file.parent().unwrap()).unwrap();
     std::fs::write(
         &s.simulated_state_file,
@@ -227,6 +228,8 @@ async fn logged_in_users_postpone_the_reboot_up_to_the_limit() {
     })
     .await;
     assert_eq!(st.target.as_deref(), Some("2"));
+    let told = std::fs::read_to_string(sim_file.with_extension("messages")).unwrap();
+    assert!(told.contains("reboot"), "{told}");
     until(&mut agent, "rebooted after the limit", |s| s.booted == "2").await;
     stop.cancel();
     assert_eq!(agent.task.await.unwrap().unwrap(), 1);

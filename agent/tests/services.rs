@@ -526,3 +526,35 @@ async fn hint_stream_reconnects_with_its_resume_token() {
     assert_eq!(f.hint, Some(upshift_agent::hints::Hint::Update(rel("2"))));
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_lock_service_means_no_reboot() {
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, Some(&closed));
+    let os = Counting::new(t.path(), &[]);
+    let mut run = start(&s, &os, SystemClock::shared());
+    let st = run
+        .until("gate check failed", |s| {
+            s.state == "waiting-for-gates"
+                && s.last_error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == upshift_agent::status::ErrorKind::GateCheckFailed)
+        })
+        .await;
+    assert!(!st.lock_held);
+    run.stop().await;
+    assert_eq!(os.booted().await.unwrap(), rel("1"));
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
+    assert!(
+        !upshift_agent::persist::load(&s.state_dir)
+            .unwrap()
+            .lock_held
+    );
+}

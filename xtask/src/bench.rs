@@ -12,14 +12,15 @@ use crate::tools::{self, Tools};
 /// Runs the named benchmark.
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("usage: cargo xtask bench <graph|lock|policy> [args for the benchmark]");
+        bail!("usage: cargo xtask bench <graph|lock|policy|agent> [args for the benchmark]");
     };
     let tools = Tools::provide_build_only()?;
     match name.as_str() {
         "graph" => graph(&tools),
         "lock" => lock(&tools, benchmark_args(args)),
         "policy" => policy(&tools, benchmark_args(args)),
-        other => bail!("unknown benchmark {other:?} (known: graph, lock, policy)"),
+        "agent" => agent(&tools, benchmark_args(args)),
+        other => bail!("unknown benchmark {other:?} (known: graph, lock, policy, agent)"),
     }
 }
 
@@ -123,6 +124,26 @@ fn policy(tools: &Tools, extra: &[String]) -> Result<()> {
         bail!("policy-bench exited with {status}");
     }
     Ok(())
+}
+
+/// `agent`: the release `upshift-agent` binary with its hint stream open to
+/// a real policy service: idle RSS and CPU over `--secs` (default 60), then
+/// the time from a pushed hint to staging started, `--rounds` times
+/// (`agent/examples/agent-bench.rs`).
+fn agent(tools: &Tools, extra: &[String]) -> Result<()> {
+    tools.cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "upshift-agent",
+        "--bin",
+        "upshift-agent",
+    ])?;
+    let bin = tools::target_dir().join("release/upshift-agent");
+    let mut args = vec!["--agent".to_string(), bin.display().to_string()];
+    args.extend(extra.iter().cloned());
+    let report = release_example(tools, "upshift-agent", "agent-bench", &args)?;
+    save("agent", &report)
 }
 
 /// Builds and runs a release example that prints its JSON report on stdout.
