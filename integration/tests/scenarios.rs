@@ -32,6 +32,11 @@ const OLD: &str = "34.20211004.3.1";
 const NEW: &str = "34.20211016.3.0";
 const GROUP: &str = "default";
 
+/// The scenarios run one at a time: each starts a dozen processes, and
+/// the rollouts' timing assumes a machine that is not running four other
+/// meshes (2 cores).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn arg(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
@@ -398,6 +403,7 @@ async fn wait_converged(agents: &[AgentProcess], version: &str, limit: Duration)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_reaches_every_host_in_wariness_order_within_the_slots() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     // Started 15 s ago over one minute: the throttle is at 25% and opens
     // the rest of the wariness space over the next 45 s.
     let mesh = Mesh::start(
@@ -487,6 +493,7 @@ async fn rollout_reaches_every_host_in_wariness_order_within_the_slots() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_release_is_halted_and_the_rest_never_stage_it() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     // Started 30 s ago over one minute: the throttle is at 50%; the failing
     // hosts (wariness <= 0.2) are eligible at once, the healthy ones
     // (wariness >= 0.8) would open over the next 18-30 s without a halt.
@@ -600,6 +607,7 @@ async fn failing_release_is_halted_and_the_rest_never_stage_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_of_policy_lock_telemetry_and_an_etcd_member_lose_no_lock() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     if upshift_store::testing::skip_etcd() {
         return Ok(());
     }
@@ -717,5 +725,129 @@ async fn restarts_of_policy_lock_telemetry_and_an_etcd_member_lose_no_lock() -> 
         )
     })
     .await?;
+    Ok(())
+}
+
+/// The barrier of revision 58 (34.20210611.3.0, signing keys rotation).
+const BARRIER: &str = "34.20210611.3.0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_is_passed_before_the_newest_release() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // The last rollout is complete: only the barrier stands between the
+    // old hosts and NEW.
+    let mesh = Mesh::start(
+        &MeshOptions {
+            slots: 2,
+            etcd: None,
+            halt: None,
+        },
+        |updates| {
+            let releases = updates["releases"].as_array().context("releases")?;
+            let barrier = releases
+                .iter()
+                .find(|r| r["version"] == BARRIER)
+                .context("no barrier release")?;
+            ensure!(barrier["metadata"]["barrier"].is_object(), "{barrier}");
+            set_last_rollout(updates, rollout_started(600, 1))
+        },
+    )
+    .await?;
+    let starts = [
+        "34.20210529.3.0",
+        "34.20210529.3.0",
+        "34.20210529.3.0",
+        "34.20210427.3.0",
+        "34.20210427.3.0",
+    ];
+    let (record, watcher) = watch_lock(mesh.lock.url());
+    let mut agents = Vec::new();
+    for (index, version) in starts.iter().enumerate() {
+        let booted = mesh.release(version)?;
+        // Wariness from the node id, as on a real host.
+        agents.push(mesh.start_agent(&mesh.spec(index, None, &booted))?);
+    }
+    wait_converged(&agents, NEW, Duration::from_secs(90)).await?;
+    watcher.abort();
+    eprintln!("{}", describe(&agents));
+    let record = record.lock().unwrap().clone();
+    assert!(record.max_holders <= 2, "{record:?}");
+    assert!(mesh.group().await?.holders.is_empty());
+    for (agent, start) in agents.iter().zip(starts) {
+        assert_eq!(
+            agent.boot_versions(),
+            [start, BARRIER, NEW],
+            "{}",
+            describe(&agents)
+        );
+        // One simulated reboot per update: two in all.
+        assert_eq!(agent.exits(), [Some(100), Some(100)], "{}", agent.name());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_end_host_stays_put_and_says_why() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    const REASON: &str = "https://example.org/upshift/dead-end-scenario";
+    // OLD is a dead-end; the last rollout is complete.
+    let mesh = Mesh::start(
+        &MeshOptions {
+            slots: 2,
+            etcd: None,
+            halt: None,
+        },
+        |updates| {
+            let releases = updates["releases"].as_array_mut().context("releases")?;
+            let old = releases
+                .iter_mut()
+                .find(|r| r["version"] == OLD)
+                .context("no OLD in updates.json")?;
+            old["metadata"]["deadend"] = serde_json::json!({ "reason": REASON });
+            set_last_rollout(updates, rollout_started(600, 1))
+        },
+    )
+    .await?;
+    // A host on the dead-end release, and one on an earlier release that
+    // still updates.
+    let dead = mesh.start_agent(&mesh.spec(0, Some(0.5), &mesh.release(OLD)?))?;
+    let earlier = "34.20210919.3.0";
+    let other = mesh.start_agent(&mesh.spec(1, Some(0.5), &mesh.release(earlier)?))?;
+    let agents = [dead, other];
+    let [dead, other] = &agents;
+
+    let status = wait_for(Duration::from_secs(60), "the dead-end status", async || {
+        check_alive(&agents)?;
+        let status = dead.status()?;
+        Ok((status.state() == "dead-end").then_some(status))
+    })
+    .await
+    .with_context(|| describe(&agents))?;
+    assert!(status.get("dead-end").contains(REASON), "{status:?}");
+    assert_eq!(status.get("target"), "", "{status:?}");
+    let motd = dead.root().join("run/motd.d/85-upshift-deadend.motd");
+    let notice =
+        std::fs::read_to_string(&motd).with_context(|| format!("reading {}", motd.display()))?;
+    assert!(notice.contains(REASON), "{notice}");
+
+    // Telemetry shows the host in DEAD_END.
+    let node = mesh.spec(0, None, &mesh.release(OLD)?).node_uuid;
+    wait_for(Duration::from_secs(30), "telemetry DEAD_END", async || {
+        let hosts = mesh.fleet().await?;
+        Ok(hosts
+            .iter()
+            .any(|h| h.node_uuid == node && h.state == telemetry_pb::AgentState::DeadEnd as i32)
+            .then_some(()))
+    })
+    .await?;
+
+    // The other host updates meanwhile; the dead-end host stays put.
+    wait_converged(std::slice::from_ref(other), NEW, Duration::from_secs(60)).await?;
+    assert_eq!(other.boot_versions(), [earlier, NEW]);
+    check_alive(&agents)?;
+    assert_eq!(dead.boot_versions(), [OLD]);
+    assert_eq!(dead.booted()?, OLD);
+    assert_eq!(dead.staged()?, None);
+    assert_eq!(dead.status()?.state(), "dead-end");
     Ok(())
 }
