@@ -264,6 +264,40 @@ impl Mesh {
             .collect())
     }
 
+    /// The lock service's audit of the group, replayed oldest first.
+    async fn lock_audit(&self) -> Result<LockAudit> {
+        let mut client = LockAdminServiceClient::connect(self.lock.url()).await?;
+        let mut request = tonic::Request::new(lock_pb::ListAuditRequest {
+            group: GROUP.into(),
+            limit: 10_000,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+        let mut entries = client.list_audit(request).await?.into_inner().entries;
+        // Newest first on the wire.
+        entries.reverse();
+        let mut audit = LockAudit::default();
+        let mut holding = 0usize;
+        for entry in &entries {
+            match entry.action.as_str() {
+                "grant" => {
+                    *audit.grants.entry(entry.target.clone()).or_default() += 1;
+                    holding += 1;
+                    audit.max_concurrent = audit.max_concurrent.max(holding);
+                }
+                "release" => {
+                    ensure!(entry.actor != "lease", "a lease expired: {entry:?}");
+                    *audit.releases.entry(entry.target.clone()).or_default() += 1;
+                    holding = holding.saturating_sub(1);
+                }
+                other => bail!("unexpected audit action {other}: {entry:?}"),
+            }
+        }
+        audit.entries = entries.len();
+        Ok(audit)
+    }
+
     async fn group(&self) -> Result<lock_pb::Group> {
         let mut client = LockServiceClient::connect(self.lock.url()).await?;
         let response = client
@@ -273,6 +307,16 @@ impl Mesh {
             .await?;
         response.into_inner().group.context("no group")
     }
+}
+
+/// The lock audit of the group: grants and releases by holder id.
+#[derive(Debug, Default)]
+struct LockAudit {
+    grants: BTreeMap<String, u32>,
+    releases: BTreeMap<String, u32>,
+    /// Most holders at once, replaying grants and releases in order.
+    max_concurrent: usize,
+    entries: usize,
 }
 
 /// What the lock watcher saw.
@@ -478,6 +522,11 @@ async fn rollout_reaches_every_host_in_wariness_order_within_the_slots() -> Resu
         .find(|r| r.version == NEW)
         .context("no rollout")?;
     assert!(!rollout.paused, "{rollout:?}");
+    let audit = mesh.lock_audit().await?;
+    eprintln!("lock audit: max {} holders at once", audit.max_concurrent);
+    assert!(audit.max_concurrent <= 2, "{audit:#?}");
+    assert_eq!(audit.grants.len(), agents.len(), "{audit:#?}");
+    assert_eq!(audit.grants, audit.releases, "{audit:#?}");
 
     // Telemetry sees the whole fleet steady on NEW.
     wait_for(Duration::from_secs(20), "telemetry shows NEW", async || {
@@ -691,30 +740,12 @@ async fn restarts_of_policy_lock_telemetry_and_an_etcd_member_lose_no_lock() -> 
     // The audit (kept in etcd across the restart): every host was granted a
     // slot exactly once and released it once, by itself at steady state;
     // no lease expired and nothing was force-released.
-    let mut client = LockAdminServiceClient::connect(mesh.lock.url()).await?;
-    let mut request = tonic::Request::new(lock_pb::ListAuditRequest {
-        group: GROUP.into(),
-        limit: 1000,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-    let entries = client.list_audit(request).await?.into_inner().entries;
-    let mut grants: BTreeMap<String, u32> = BTreeMap::new();
-    let mut releases: BTreeMap<String, u32> = BTreeMap::new();
-    for entry in &entries {
-        match entry.action.as_str() {
-            "grant" => *grants.entry(entry.target.clone()).or_default() += 1,
-            "release" => {
-                assert_ne!(entry.actor, "lease", "a lease expired: {entry:?}");
-                *releases.entry(entry.target.clone()).or_default() += 1;
-            }
-            other => panic!("unexpected audit action {other}: {entry:?}"),
-        }
-    }
-    assert_eq!(grants.len(), agents.len(), "{entries:#?}");
-    assert!(grants.values().all(|&n| n == 1), "{grants:?}");
-    assert_eq!(grants, releases, "{entries:#?}");
+    let audit = mesh.lock_audit().await?;
+    eprintln!("lock audit: max {} holders at once", audit.max_concurrent);
+    assert_eq!(audit.grants.len(), agents.len(), "{audit:#?}");
+    assert!(audit.grants.values().all(|&n| n == 1), "{audit:#?}");
+    assert_eq!(audit.grants, audit.releases, "{audit:#?}");
+    assert!(audit.max_concurrent <= 2, "{audit:#?}");
 
     // The restarted telemetry (on etcd) sees the whole fleet on NEW.
     wait_for(Duration::from_secs(20), "telemetry shows NEW", async || {
