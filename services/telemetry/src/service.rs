@@ -150,11 +150,14 @@ impl TelemetryService {
                 .collect();
             (record, events, crossings)
         };
-        self.changed();
         self.inner.metrics.attempt_events(&events);
+        // Fire before announcing the change: the ageing task re-evaluates
+        // on every change, and a halt it fired first would start outside
+        // this report's trace.
         for c in crossings {
             self.fire(c);
         }
+        self.changed();
         let key = host_key(&record.status.node_uuid);
         Ok(self.inner.writer.enqueue(key, Some(record.encode())))
     }

@@ -264,6 +264,13 @@ async fn one_update_is_one_trace_across_agent_policy_and_telemetry() {
         );
     }
     assert_eq!(hint.parent_span_id, root.span_id);
+    // The policy service's server span joins through the gRPC metadata.
+    assert!(
+        spans.iter().any(|(_, s)| s.name == "grpc.server"
+            && s.trace_id == root.trace_id
+            && s.parent_span_id == hint.span_id),
+        "the policy's GetUpdateHint server span is a child of the agent's call"
+    );
     assert_eq!(
         stream.parent_span_id, root.span_id,
         "the stream joins via gRPC metadata"

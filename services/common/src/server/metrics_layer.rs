@@ -90,7 +90,21 @@ pub(super) fn grpc_layer(router: Router, metrics: &Metrics) -> Router {
                 "unmatched".to_string()
             };
             let started = Instant::now();
-            let resp = next.run(req).await;
+            // A server span per call, child of the caller's W3C trace
+            // context (`traceparent` metadata), so a host's update is one
+            // trace across the agent and the services it calls.
+            let span = tracing::info_span!("grpc.server", otel.kind = "server", rpc = %rpc);
+            {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let metadata = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+                let parent = crate::telemetry::extract_context(&metadata);
+                // Without a tracing subscriber there is nothing to attach to.
+                let _ = span.set_parent(parent);
+            }
+            let resp = {
+                use tracing::Instrument;
+                next.run(req).instrument(span).await
+            };
             let header_code = grpc_code(resp.headers());
             let recorder = GrpcRecorder {
                 inst,
