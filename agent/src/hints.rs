@@ -85,7 +85,8 @@ struct Task {
     poke: Arc<Notify>,
     clock: SharedClock,
     feed: watch::Sender<Feed>,
-    http: reqwest::Client,
+    /// Built on the first poll: a stream-only agent never pays for it.
+    http: std::sync::OnceLock<reqwest::Client>,
     backoff: Backoff,
     cancel: CancellationToken,
 }
@@ -108,10 +109,7 @@ pub fn spawn(
         poke: poke.clone(),
         clock,
         feed: tx,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
+        http: std::sync::OnceLock::new(),
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), rng),
         cancel,
     };
@@ -333,8 +331,13 @@ impl Task {
             oci: false,
         };
         let url = format!("{}/v1/graph", base.trim_end_matches('/'));
-        let resp = self
-            .http
+        let http = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default()
+        });
+        let resp = http
             .get(&url)
             .header("accept", "application/json")
             .query(&q.pairs())

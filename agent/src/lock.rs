@@ -82,7 +82,8 @@ pub struct RebootLock {
     group: String,
     ttl: Duration,
     url: String,
-    http: reqwest::Client,
+    /// Built on first use (FleetLock only).
+    http: std::sync::OnceLock<reqwest::Client>,
     grpc: Option<LockServiceClient<tonic::transport::Channel>>,
     held: bool,
     acquiring: Option<(watch::Receiver<Acquiring>, JoinHandle<()>)>,
@@ -115,10 +116,7 @@ impl RebootLock {
             group: settings.group.clone(),
             ttl: settings.lock_ttl,
             url,
-            http: reqwest::Client::builder()
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            http: std::sync::OnceLock::new(),
             grpc,
             held: false,
             acquiring: None,
@@ -320,8 +318,13 @@ impl RebootLock {
     /// FleetLock `POST <url>/v1/<op>`: `None` on 200, the error kind on 409.
     async fn fleetlock(&self, op: &'static str) -> Result<Option<String>, LockError> {
         let body = serde_json::json!({"client_params": {"id": self.id, "group": self.group}});
-        let resp = self
-            .http
+        let http = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .unwrap_or_default()
+        });
+        let resp = http
             .post(format!("{}/v1/{op}", self.url.trim_end_matches('/')))
             .header("fleet-lock-protocol", "true")
             .json(&body)
