@@ -164,9 +164,10 @@ pub async fn run_with<O: OsBackend>(
         cancel.clone(),
     );
     let lock = RebootLock::new(settings, &ident.node_uuid)?;
-    let (updates, failures, last_error) = {
+    // Counters carry over a simulated reboot (same runtime).
+    let (updates, failures, base_checks, last_error) = {
         let s = rt.status.borrow();
-        (s.updates, s.failures, s.last_error.clone())
+        (s.updates, s.failures, s.checks, s.last_error.clone())
     };
     let now = rt.clock.now();
     let mut d = Driver {
@@ -194,6 +195,7 @@ pub async fn run_with<O: OsBackend>(
         last_error,
         updates,
         failures,
+        base_checks,
         seen_feed_errors: 0,
     };
     // Cancellation also ends an OS call in flight, as a killed process would.
@@ -231,6 +233,8 @@ struct Driver<'a, O> {
     last_error: Option<LastError>,
     updates: u64,
     failures: u64,
+    /// Checks counted by earlier runs of this runtime.
+    base_checks: u64,
     seen_feed_errors: u64,
 }
 
@@ -532,7 +536,7 @@ impl<O: OsBackend> Driver<'_, O> {
                 _ => None,
             },
             hint_stream_connected: feed.connected,
-            checks: feed.checks,
+            checks: self.base_checks + feed.checks,
             updates: self.updates,
             failures: self.failures,
             deny_list: self.p.deny_list.iter().cloned().collect(),

@@ -558,3 +558,127 @@ async fn unreachable_lock_service_means_no_reboot() {
             .lock_held
     );
 }
+
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_keeps_the_lock_until_it_can_release_it() {
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let l = lock().await;
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, Some(&l.url));
+    let os = Counting::new(t.path(), &[]);
+    assert_eq!(
+        start(&s, &os, SystemClock::shared()).finished().await,
+        Exit::Rebooted
+    );
+    assert_eq!(l.holders().await, vec!["agent-1".to_string()]);
+    // Booted into 2, but the lock service cannot be reached: the agent keeps
+    // reporting steady state and remembers the slot.
+    let mut down = s.clone();
+    down.lock_url = Some(closed_url());
+    let mut run = start(&down, &os, SystemClock::shared());
+    run.until("steady state failing", |s| {
+        s.state == "reporting-steady"
+            && s.last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == upshift_agent::status::ErrorKind::SteadyStateFailed)
+    })
+    .await;
+    run.stop().await;
+    assert!(
+        upshift_agent::persist::load(&s.state_dir)
+            .unwrap()
+            .lock_held
+    );
+    let mut run = start(&s, &os, SystemClock::shared());
+    run.until("idle", |s| s.state == "idle").await;
+    run.stop().await;
+    assert!(l.holders().await.is_empty());
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_end_hint_writes_the_notice() {
+    let p = policy(Duration::from_secs(1800)).await;
+    let mut dead = node("1", 0);
+    dead.metadata.insert(
+        "org.fedoraproject.coreos.updates.deadend".into(),
+        "true".into(),
+    );
+    dead.metadata.insert(
+        "org.fedoraproject.coreos.updates.deadend_reason".into(),
+        "see issue 42".into(),
+    );
+    p.service.publish(
+        key(),
+        1,
+        Graph::new(vec![dead, node("2", 1)], vec![(0, 1)]).unwrap(),
+    );
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, None);
+    let os = Counting::new(t.path(), &[]);
+    let motd = t.path().join("run/motd.d/85-upshift-deadend.motd");
+    let cancel = CancellationToken::new();
+    let (mut rt, _control) = Runtime::new(SystemClock::shared(), cancel.clone());
+    let mut status = rt.status.subscribe();
+    let id = Ident {
+        motd_path: Some(motd.clone()),
+        ..ident()
+    };
+    let (s2, os2) = (s.clone(), os.clone());
+    let task = tokio::spawn(async move { run_with(&s2, &id, &os2, &mut rt).await.unwrap() });
+    let st = tokio::time::timeout(WAIT, status.wait_for(|s| s.state == "dead-end"))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(st.dead_end.as_deref(), Some("see issue 42"));
+    assert!(
+        std::fs::read_to_string(&motd)
+            .unwrap()
+            .contains("see issue 42")
+    );
+    cancel.cancel();
+    assert_eq!(task.await.unwrap(), Exit::Cancelled);
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cincinnati_polling_fills_in_while_the_stream_is_down() {
+    // The policy service's own /v1/graph is the Cincinnati server; the
+    // stream points at a port nobody listens on.
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let t = tempfile::tempdir().unwrap();
+    let mut s = settings(t.path(), &closed_url(), None);
+    s.cincinnati_url = Some(p.url.clone());
+    let (_node_tx, node_rx) = watch::channel(upshift_agent::hints::NodeView {
+        booted: rel("1"),
+        denied: vec![],
+    });
+    let cancel = CancellationToken::new();
+    let src = upshift_agent::hints::spawn(
+        s,
+        ident(),
+        node_rx,
+        SystemClock::shared(),
+        Box::new(|| 0.0),
+        cancel.clone(),
+    );
+    let mut feed = src.feed.clone();
+    let f = tokio::time::timeout(WAIT, feed.wait_for(|f| f.hint.is_some()))
+        .await
+        .expect("a polled hint")
+        .unwrap()
+        .clone();
+    assert_eq!(f.hint, Some(upshift_agent::hints::Hint::Update(rel("2"))));
+    assert!(!f.connected);
+    assert_eq!(f.connects, 0);
+    assert!(f.errors >= upshift_agent::hints::FALLBACK_AFTER as u64);
+    cancel.cancel();
+}
