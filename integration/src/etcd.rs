@@ -141,8 +141,6 @@ impl EtcdCluster {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "upshift-it"])
-            // Loopback: short heartbeats so a lost leader is replaced fast.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -184,6 +182,37 @@ impl EtcdCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The index of the current leader, asked of the running members
+    /// (`/v3/maintenance/status`: the member whose id is the leader's).
+    pub async fn leader(&self) -> Result<usize> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let mut ids = Vec::with_capacity(self.members.len());
+        let mut leader = None;
+        for member in &self.members {
+            if member.child.is_none() {
+                ids.push(None);
+                continue;
+            }
+            let status: serde_json::Value = client
+                .post(format!("{}/v3/maintenance/status", member.client_url()))
+                .body("{}")
+                .send()
+                .await?
+                .json()
+                .await?;
+            ids.push(status["header"]["member_id"].as_str().map(str::to_string));
+            if let Some(l) = status["leader"].as_str() {
+                leader = Some(l.to_string());
+            }
+        }
+        let leader = leader.context("no member knows a leader")?;
+        ids.iter()
+            .position(|id| id.as_deref() == Some(leader.as_str()))
+            .with_context(|| format!("leader {leader} is not a running member"))
     }
 
     /// Kills member `index` (SIGKILL; its data stays).

@@ -700,20 +700,22 @@ async fn restarts_of_policy_lock_telemetry_and_an_etcd_member_lose_no_lock() -> 
         .iter()
         .map(|a| a.booted().unwrap_or_default())
         .collect();
-    etcd.kill(0);
+    // The etcd leader goes down with them.
+    let leader = etcd.leader().await?;
+    etcd.kill(leader);
     mesh.lock.restart()?;
     mesh.lock.wait_ready(READY).await?;
     mesh.policy.restart()?;
     mesh.policy.wait_ready(READY).await?;
     mesh.telemetry.restart()?;
     mesh.telemetry.wait_ready(READY).await?;
-    etcd.restart(0).await?;
+    etcd.restart(leader).await?;
     let after: Vec<String> = agents
         .iter()
         .map(|a| a.booted().unwrap_or_default())
         .collect();
     eprintln!(
-        "holding at the restarts: {holding:?}\nbooted before the restarts: {before:?}\nbooted after: {after:?}"
+        "etcd leader killed: member {leader}\nholding at the restarts: {holding:?}\nbooted before the restarts: {before:?}\nbooted after: {after:?}"
     );
     assert!(
         after.iter().any(|v| v == OLD),
