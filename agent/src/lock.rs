@@ -130,6 +130,11 @@ impl RebootLock {
         self.held && !self.lost.load(Ordering::SeqCst)
     }
 
+    /// Whether a gRPC `Acquire` is in flight (queued or about to be granted).
+    pub fn pending(&self) -> bool {
+        self.acquiring.is_some()
+    }
+
     fn stop_tasks(&mut self) {
         if let Some((_, t)) = self.acquiring.take() {
             t.abort();

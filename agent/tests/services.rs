@@ -682,3 +682,59 @@ async fn cincinnati_polling_fills_in_while_the_stream_is_down() {
     assert!(f.errors >= upshift_agent::hints::FALLBACK_AFTER as u64);
     cancel.cancel();
 }
+
+/// A clock the test moves by hand.
+#[derive(Debug)]
+struct ManualClock(Mutex<std::time::SystemTime>);
+
+impl upshift_common::clock::Clock for ManualClock {
+    fn now(&self) -> std::time::SystemTime {
+        *self.0.lock().unwrap()
+    }
+    fn deadline_for(&self, at: std::time::SystemTime) -> tokio::time::Instant {
+        let wait = at.duration_since(self.now()).unwrap_or_default();
+        tokio::time::Instant::now() + wait
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_is_checked_again_once_the_lock_is_granted() {
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let l = lock().await;
+    l.take("other-node").await;
+    let t = tempfile::tempdir().unwrap();
+    let mut s = settings(t.path(), &p.url, Some(&l.url));
+    // 2026-11-25 10:00 UTC, inside a daily 09:50-10:20 window.
+    let ten = std::time::UNIX_EPOCH + Duration::from_secs(1_795_600_800);
+    let window = upshift_common::window::WindowConfig {
+        days: vec![],
+        start: "09:50".into(),
+        length: Duration::from_secs(30 * 60),
+        time_zone: None,
+    };
+    s.windows = vec![
+        window
+            .validate("w", &mut upshift_common::config::ConfigErrors::new())
+            .unwrap(),
+    ];
+    let clock = Arc::new(ManualClock(Mutex::new(ten)));
+    let os = Counting::new(t.path(), &[]);
+    let mut run = start(&s, &os, clock.clone());
+    run.until("queued inside the window", |s| {
+        s.lock_queue_position == Some(1)
+    })
+    .await;
+    // The window closes while the agent waits; then the slot frees up.
+    *clock.0.lock().unwrap() = ten + Duration::from_secs(30 * 60);
+    l.release("other-node").await;
+    let st = run
+        .until("granted, then back to the window", |s| {
+            s.waiting_for.contains("maintenance") && s.state == "waiting-for-gates"
+        })
+        .await;
+    assert!(!st.lock_held);
+    assert!(l.holders().await.is_empty(), "the slot was given back");
+    assert_eq!(os.booted().await.unwrap(), rel("1"));
+    run.stop().await;
+}

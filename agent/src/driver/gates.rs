@@ -57,13 +57,16 @@ impl<O: OsBackend> Driver<'_, O> {
     async fn gates(&mut self, now: SystemTime) -> Result<Gate, String> {
         let force = self.force;
         if force.is_none() {
-            if self.paused {
-                return Ok(Gate::Wait("updates paused".into(), None));
-            }
-            if let Some(w) = self.window_gate(now) {
-                return Ok(w);
-            }
-            if let Some(w) = self.sessions_gate(now).await? {
+            let refused = if self.paused {
+                Some(Gate::Wait("updates paused".into(), None))
+            } else if let Some(w) = self.window_gate(now) {
+                Some(w)
+            } else {
+                self.sessions_gate(now).await?
+            };
+            if let Some(w) = refused {
+                // No slot is kept (or granted later) while another gate says no.
+                self.release_lock().await?;
                 return Ok(w);
             }
         }
@@ -143,7 +146,7 @@ impl<O: OsBackend> Driver<'_, O> {
     }
 
     async fn release_lock(&mut self) -> Result<(), String> {
-        if self.p.lock_held {
+        if self.p.lock_held || self.lock.pending() {
             self.lock.release().await.map_err(|e| error_chain(&e))?;
             self.p.lock_held = false;
             self.save().map_err(|e| format!("cannot save state: {e}"))?;
