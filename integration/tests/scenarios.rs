@@ -381,6 +381,7 @@ async fn wait_for<T>(
         match check().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
+            Err(e) if e.is::<Fatal>() => return Err(e.context(format!("waiting for {what}"))),
             Err(e) => last = format!("{e:#}"),
         }
         if Instant::now() > deadline {
@@ -407,16 +408,31 @@ fn describe(agents: &[AgentProcess]) -> String {
         .join("\n")
 }
 
-/// Fails when an agent stopped with anything but a simulated reboot.
+/// An error that ends [`wait_for`] at once instead of being retried.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Fails (fatally for [`wait_for`]) when an agent stopped with anything
+/// but a simulated reboot.
 fn check_alive(agents: &[AgentProcess]) -> Result<()> {
     for agent in agents {
-        ensure!(
-            !agent.finished(),
-            "{} stopped: exits {:?}\n{}",
-            agent.name(),
-            agent.exits(),
-            agent.log_tail()
-        );
+        if agent.finished() {
+            return Err(Fatal(format!(
+                "{} stopped: exits {:?}\n{}",
+                agent.name(),
+                agent.exits(),
+                agent.log_tail()
+            ))
+            .into());
+        }
     }
     Ok(())
 }
