@@ -212,6 +212,16 @@ impl Status {
         let _ = writeln!(o, "upshift_agent_lock_held {}", b(self.lock_held));
         gauge_head(
             &mut o,
+            "upshift_agent_lock_queue_position",
+            "Position in the reboot lock queue (0: not queued).",
+        );
+        let _ = writeln!(
+            o,
+            "upshift_agent_lock_queue_position {}",
+            self.lock_queue_position.unwrap_or(0)
+        );
+        gauge_head(
+            &mut o,
             "upshift_agent_updates_paused",
             "Whether updates are paused locally.",
         );
