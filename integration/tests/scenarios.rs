@@ -1,10 +1,25 @@
 //! Whole-mesh scenarios: real `upshift serve graph|policy|lock|telemetry`
 //! processes and real `upshift-agent` processes on the simulated OS backend
 //! (streamed hints from the policy, gRPC reboot lock, telemetry reports),
-//! on a copy of the Fedora CoreOS stable metadata whose last rollout is
-//! re-dated to run during the test. Everything runs on the real clock, so
-//! the tests wait with bounded polling and assert only on order and
-//! outcomes, never on elapsed time.
+//! supervised by [`AgentProcess`] (exit 100 = simulated reboot, restarted
+//! with the new release booted), on a copy of the Fedora CoreOS stable
+//! metadata (revision 58) whose last rollout is re-dated to run during the
+//! test. Everything runs on the real clock, so the tests wait with bounded
+//! polling and assert only on order and outcomes, never on elapsed time.
+//!
+//! 1. A rollout reaches 8 hosts in wariness order, never more lock holders
+//!    than the group's 2 slots (`WatchGroup` and the lock audit).
+//! 2. A release failing on the first hosts is halted by telemetry; the
+//!    other hosts never stage it.
+//! 3. On a 3-member etcd cluster: SIGKILL and restart of lock, policy,
+//!    telemetry and the etcd leader mid-rollout lose and duplicate no lock.
+//! 4. Hosts before a barrier go through the barrier release first.
+//! 5. A host on a dead-end release stays put and says why (status, motd,
+//!    telemetry `DEAD_END`).
+//!
+//! Run: `cargo build --bins && cargo test -p upshift-integration --test
+//! scenarios` (etcd on PATH for 3, or `UPSHIFT_SKIP_ETCD=1`). The scenarios
+//! run one at a time, about two minutes in all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
