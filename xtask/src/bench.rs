@@ -115,7 +115,7 @@ fn policy(tools: &Tools, extra: &[String]) -> Result<()> {
     // 100,000 streams need as many sockets on both ends.
     let status = Command::new("bash")
         .arg("-c")
-        .arg(r#"ulimit -n 1048576 2>/dev/null || ulimit -n 524288; exec "$0" "$@""#)
+        .arg(r#"ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#)
         .arg(&bin)
         .args(extra)
         .status()
