@@ -48,6 +48,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("sessions", &["max_postpone", "message"]),
     ("telemetry", &["url", "interval"]),
     ("state", &["state_dir", "run_dir"]),
+    ("tls", &["ca_file", "cert_file", "key_file"]),
     ("os", &["backend", "simulated_state_file", "fail_versions"]),
 ];
 

@@ -18,7 +18,7 @@ use upshift_proto::policy::v1::policy_service_client::PolicyServiceClient;
 
 use crate::cincinnati::{Choice, Query, choose};
 use crate::driver::Ident;
-use crate::net::{Backoff, Rng, channel};
+use crate::net::{Backoff, Rng, channel, http_client};
 use crate::os::Release;
 use crate::settings::{HintBackend, Settings};
 
@@ -180,7 +180,7 @@ impl Task {
     }
 
     async fn stream_loop(&mut self, url: &str) {
-        let mut client = match channel(url) {
+        let mut client = match channel(url, self.settings.tls.as_ref()) {
             Ok(c) => PolicyServiceClient::new(c),
             Err(e) => {
                 self.publish(None, Some(format!("policy_url {url:?}: {e}")));
@@ -331,12 +331,9 @@ impl Task {
             oci: false,
         };
         let url = format!("{}/v1/graph", base.trim_end_matches('/'));
-        let http = self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default()
-        });
+        let http = self
+            .http
+            .get_or_init(|| http_client(self.settings.tls.as_ref(), Duration::from_secs(30)));
         let resp = http
             .get(&url)
             .header("accept", "application/json")

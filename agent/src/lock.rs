@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
 
-use crate::net::channel;
+use crate::net::{ClientTls, channel, http_client};
 use crate::settings::{LockKind, Settings};
 
 /// Deadline of one lock call (not the waiting `Acquire`).
@@ -85,6 +85,7 @@ pub struct RebootLock {
     /// Built on first use (FleetLock only).
     http: std::sync::OnceLock<reqwest::Client>,
     grpc: Option<LockServiceClient<tonic::transport::Channel>>,
+    tls: Option<ClientTls>,
     held: bool,
     acquiring: Option<(watch::Receiver<Acquiring>, JoinHandle<()>)>,
     keepalive: Option<JoinHandle<()>>,
@@ -102,12 +103,12 @@ impl RebootLock {
     pub fn new(settings: &Settings, id: &str) -> Result<Self, LockError> {
         let url = settings.lock_url.clone().unwrap_or_default();
         let grpc = match settings.lock_kind {
-            LockKind::Grpc => Some(LockServiceClient::new(channel(&url).map_err(|source| {
-                LockError::Url {
+            LockKind::Grpc => Some(LockServiceClient::new(
+                channel(&url, settings.tls.as_ref()).map_err(|source| LockError::Url {
                     url: url.clone(),
                     source,
-                }
-            })?)),
+                })?,
+            )),
             _ => None,
         };
         Ok(Self {
@@ -118,6 +119,7 @@ impl RebootLock {
             url,
             http: std::sync::OnceLock::new(),
             grpc,
+            tls: settings.tls.clone(),
             held: false,
             acquiring: None,
             keepalive: None,
@@ -323,12 +325,9 @@ impl RebootLock {
     /// FleetLock `POST <url>/v1/<op>`: `None` on 200, the error kind on 409.
     async fn fleetlock(&self, op: &'static str) -> Result<Option<String>, LockError> {
         let body = serde_json::json!({"client_params": {"id": self.id, "group": self.group}});
-        let http = self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .unwrap_or_default()
-        });
+        let http = self
+            .http
+            .get_or_init(|| http_client(self.tls.as_ref(), CALL_TIMEOUT));
         let resp = http
             .post(format!("{}/v1/{op}", self.url.trim_end_matches('/')))
             .header("fleet-lock-protocol", "true")

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A source of uniform random numbers in `[0, 1)`; injected so tests are
 /// deterministic.
@@ -14,11 +14,72 @@ pub fn thread_rng() -> Rng {
     Box::new(|| rand::random_range(0.0..1.0))
 }
 
-/// A lazily connecting gRPC channel to `url` (`http://host:port`), with
-/// HTTP/2 keepalives so dead peers are noticed.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
+/// TLS material for the agent's clients (`[tls]`): a CA bundle to verify
+/// the services, and an optional client certificate for mTLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA bundle.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate chain and key.
+    pub identity: Option<(String, String)>,
+}
+
+impl ClientTls {
+    fn tonic(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca_pem {
+            c = c.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        c
+    }
+
+    /// Applies the CA and client identity to an HTTP client builder.
+    pub fn reqwest(
+        &self,
+        mut b: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+        if let Some(ca) = &self.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(ca.as_bytes())? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            b = b.identity(reqwest::Identity::from_pem(
+                format!("{cert}\n{key}").as_bytes(),
+            )?);
+        }
+        Ok(b)
+    }
+}
+
+/// An HTTP client with the agent's TLS material and a whole-request timeout.
+pub fn http_client(tls: Option<&ClientTls>, timeout: Duration) -> reqwest::Client {
+    let b = reqwest::Client::builder().timeout(timeout);
+    let b = match tls {
+        Some(t) => match t.reqwest(b) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS material rejected by the HTTP client");
+                reqwest::Client::builder().timeout(timeout)
+            }
+        },
+        None => b,
+    };
+    b.build().unwrap_or_default()
+}
+
+/// A lazily connecting gRPC channel to `url` (`http://host:port`, or
+/// `https://` verified with the `[tls]` CA), with HTTP/2 keepalives so dead
+/// peers are noticed.
+pub fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel, tonic::transport::Error> {
+    let mut e = Endpoint::from_shared(url.to_owned())?;
+    if url.starts_with("https://") {
+        e = e.tls_config(tls.cloned().unwrap_or_default().tonic())?;
+    }
+    Ok(e.connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)

@@ -54,6 +54,8 @@ pub struct Settings {
     /// Text written to logged-in users' terminals while a reboot is postponed.
     pub session_message: String,
     pub telemetry_url: Option<String>,
+    /// TLS material for `https://` service URLs (`[tls]`).
+    pub tls: Option<crate::net::ClientTls>,
     /// Heartbeat of telemetry reports when nothing changes.
     pub telemetry_interval: Duration,
     pub state_dir: PathBuf,
@@ -103,6 +105,36 @@ impl V<'_> {
                 default
             }),
         }
+    }
+    /// Reads a PEM file named by `key` (under `root`).
+    fn pem(&mut self, key: &str, root: &Path) -> Option<String> {
+        let p = self.str(key)?;
+        let path = root.join(p.trim_start_matches('/'));
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+    fn tls(&mut self, root: &Path) -> Option<crate::net::ClientTls> {
+        let ca_pem = self.pem("tls.ca_file", root);
+        let cert = self.pem("tls.cert_file", root);
+        let key = self.pem("tls.key_file", root);
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.err(
+                    "tls.cert_file",
+                    "tls.cert_file and tls.key_file go together",
+                );
+                None
+            }
+        };
+        (ca_pem.is_some() || identity.is_some())
+            .then_some(crate::net::ClientTls { ca_pem, identity })
     }
     fn windows(&mut self, key: &str) -> Vec<Window> {
         let Some(v) = self.m.values.get(key) else {
@@ -258,6 +290,7 @@ impl Settings {
             }),
             telemetry_url: v.str("telemetry.url"),
             telemetry_interval: v.dur("telemetry.interval", Duration::from_secs(60)),
+            tls: v.tls(root),
             run_dir,
             os_backend: v.choice(
                 "os.backend",

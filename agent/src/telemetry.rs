@@ -40,6 +40,7 @@ pub fn spawn(
     let (tx, rx) = watch::channel(ReporterStats::default());
     let r = Reporter {
         url,
+        tls: settings.tls.clone(),
         base: base_status(settings, ident),
         interval: settings.telemetry_interval,
         status,
@@ -105,6 +106,7 @@ pub fn host_status(base: &pb::HostStatus, st: &Status, now: SystemTime) -> pb::H
 
 struct Reporter {
     url: String,
+    tls: Option<crate::net::ClientTls>,
     base: pb::HostStatus,
     interval: Duration,
     status: watch::Receiver<Status>,
@@ -116,7 +118,7 @@ struct Reporter {
 
 impl Reporter {
     async fn run(mut self) {
-        let client = match channel(&self.url) {
+        let client = match channel(&self.url, self.tls.as_ref()) {
             Ok(c) => TelemetryServiceClient::new(c),
             Err(e) => {
                 tracing::warn!(error = %e, url = %self.url, "telemetry disabled: bad url");

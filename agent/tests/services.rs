@@ -738,3 +738,71 @@ async fn window_is_checked_again_once_the_lock_is_granted() {
     assert_eq!(os.booted().await.unwrap(), rel("1"));
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_over_tls_with_the_configured_ca() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (cert, key_pem) = (t.path().join("cert.pem"), t.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key_pem, ck.key_pair.serialize_pem()).unwrap();
+    let mut c = PolicyConfig::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.tls = Some(upshift_common::config::TlsSettings {
+        cert,
+        key: key_pem,
+        client_ca: None,
+    });
+    let srv = upshift_policy::bind(
+        &c,
+        upshift_policy::store::MemoryStore::shared(),
+        SystemClock::shared(),
+        Metrics::new("policy-test"),
+        AdminAuth::new(None, Vec::new()),
+    )
+    .await
+    .unwrap();
+    let url = format!("https://localhost:{}", srv.bound.local_addr().port());
+    srv.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    tokio::spawn(async move { srv.bound.serve(async move { s2.cancelled().await }).await });
+
+    // The CA comes from `[tls] ca_file` in a config fragment.
+    let root = t.path().join("root");
+    let conf = root.join("etc/upshift/agent.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(root.join("ca.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(
+        conf.join("50.toml"),
+        format!("[updates]\npolicy_url = \"{url}\"\n[tls]\nca_file = \"/ca.pem\"\n"),
+    )
+    .unwrap();
+    let mut s = Settings::validate(&upshift_agent::config::load(&root).unwrap(), &root).unwrap();
+    s.basearch = "x86_64".into();
+    assert!(s.tls.as_ref().is_some_and(|t| t.ca_pem.is_some()));
+    let os = Counting::new(&root, &[]);
+    assert_eq!(
+        start(&s, &os, SystemClock::shared()).finished().await,
+        Exit::Rebooted
+    );
+    assert_eq!(os.booted().await.unwrap(), rel("2"));
+
+    // Without the CA the stream never opens: no update.
+    let other = tempfile::tempdir().unwrap();
+    let mut s = settings(other.path(), &url, None);
+    s.tls = None;
+    let os = Counting::new(other.path(), &[]);
+    let mut run = start(&s, &os, SystemClock::shared());
+    let st = run
+        .until("TLS failure reported", |s| {
+            s.last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == upshift_agent::status::ErrorKind::HintsUnavailable)
+        })
+        .await;
+    assert!(!st.hint_stream_connected);
+    run.stop().await;
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 0);
+    stop.cancel();
+}
