@@ -25,6 +25,7 @@ use futures::Stream;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod memory;
 pub mod settings;
 pub mod testing;
 

@@ -186,3 +186,65 @@ fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// Opens a test's store; every call reaches the same data.
+pub type Opener = std::sync::Arc<dyn Fn() -> SharedStore + Send + Sync>;
+
+/// An in-memory store ([`crate::memory::MemStore`]).
+pub fn mem_opener() -> Opener {
+    let store: SharedStore = std::sync::Arc::new(crate::memory::MemStore::new());
+    std::sync::Arc::new(move || store.clone())
+}
+
+/// The embedded (redb) store in a temporary directory, kept by the
+/// returned guard.
+pub fn embedded_opener() -> (Opener, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store: SharedStore = std::sync::Arc::new(
+        crate::embedded::EmbeddedStore::open(&dir.path().join("store.redb"))
+            .expect("a fresh embedded store"),
+    );
+    (std::sync::Arc::new(move || store.clone()), dir)
+}
+
+/// A real etcd on loopback, kept running by the returned guard; `None`
+/// when etcd tests are skipped ([`skip_etcd`]).
+pub async fn etcd_opener() -> Option<(Opener, EtcdServer)> {
+    if skip_etcd() {
+        return None;
+    }
+    let server = EtcdServer::start()
+        .await
+        .expect("etcd must be installed (cargo xtask test installs it)");
+    let store = server.store("/test/").await.expect("connecting to etcd");
+    Some((std::sync::Arc::new(move || store.clone()), server))
+}
+
+/// `on_each_store!(name, body)` generates `mod name { mem, embedded, etcd }`,
+/// one multi-threaded `#[tokio::test]` per store, each calling
+/// `body(opener: Opener)`.
+#[macro_export]
+macro_rules! on_each_store {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mem() {
+                super::$body($crate::testing::mem_opener()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let (opener, _dir) = $crate::testing::embedded_opener();
+                super::$body(opener).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                let Some((opener, _etcd)) = $crate::testing::etcd_opener().await else {
+                    return;
+                };
+                super::$body(opener).await;
+            }
+        }
+    };
+}
