@@ -257,7 +257,12 @@ impl<O: OsBackend> Driver<'_, O> {
                 self.state_since = now;
             }
             self.state = next;
-            self.publish();
+            // Long actions (OS calls, the lock) show the new state while they
+            // run; quick local ones (notices, retries) finish first, so the
+            // status never runs ahead of the files it describes.
+            if actions.iter().any(Action::takes_a_while) {
+                self.publish();
+            }
             let mut follow = None;
             for a in actions {
                 if let Some(e) = self.act(a).await? {

@@ -88,6 +88,23 @@ pub enum Action {
     ClearDeadEndNotice,
 }
 
+impl Action {
+    /// Whether carrying it out waits on the OS or another service.
+    pub fn takes_a_while(&self) -> bool {
+        match self {
+            Self::ReleaseLockIfHeld
+            | Self::Stage { .. }
+            | Self::CheckGates
+            | Self::Finalize { .. }
+            | Self::Reboot => true,
+            Self::ScheduleRetry { .. }
+            | Self::DenyRelease { .. }
+            | Self::WriteDeadEndNotice { .. }
+            | Self::ClearDeadEndNotice => false,
+        }
+    }
+}
+
 /// An illegal (state, event) pair.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("illegal transition: {event:?} in state {state:?}")]
