@@ -1,21 +1,32 @@
 //! Store keys and value encodings of group records and audit entries.
 //!
-//! - `upshift` layout: `upshift/lock/groups/<group>` holds a
+//! The service works on the store's root handle ([`upshift_store::Store::root`])
+//! and spells out its keys itself, so a group record and its audit entries
+//! go in one transaction even when they live under different prefixes:
+//!
+//! - `upshift` layout: `<key_prefix>upshift/lock/groups/<group>` holds a
 //!   [`SemaphoreState`] as JSON.
-//! - `airlock` layout: `com.coreos.airlock/groups/<group>/v1/semaphore` holds
+//! - `airlock` layout: `com.coreos.airlock/groups/<group>/v1/semaphore`,
+//!   exactly Airlock's key whatever `[store.etcd] key_prefix` is, holds
 //!   Airlock's `{"total_slots":N,"holders":["id",...]}` (ids sorted, as Airlock
 //!   binary-searches them) with our fields alongside (`upshift_holders`,
-//!   `upshift_paused`); unknown fields written by others are kept.
+//!   `upshift_paused`); unknown fields written by others are kept. Ids Airlock
+//!   wrote carry no acquisition time: they decode with `acquired_at = 0`
+//!   (unknown), which the service replaces with the time it first saw them.
 //!
-//! Audit entries live under `upshift/lock/audit/` in both layouts.
+//! Audit entries live under `<key_prefix>upshift/lock/audit/` in both layouts.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::StoreLayout;
 use crate::semaphore::{HolderRecord, Method, SemaphoreState};
 
-/// Prefix of audit entries.
+/// Prefix of audit entries, after the store's key prefix.
 pub const AUDIT_PREFIX: &str = "upshift/lock/audit/";
+
+/// `acquired_at` of a holder whose acquisition time is not known (one
+/// Airlock wrote).
+pub const UNKNOWN_ACQUIRED_AT: u64 = 0;
 
 const UPSHIFT_PREFIX: &str = "upshift/lock/groups/";
 const AIRLOCK_PREFIX: &str = "com.coreos.airlock/groups/";
@@ -39,33 +50,76 @@ struct AirlockDoc {
     other: serde_json::Map<String, serde_json::Value>,
 }
 
-impl StoreLayout {
-    /// Prefix every group key starts with (the watch prefix).
-    pub fn groups_prefix(self) -> &'static str {
-        match self {
-            StoreLayout::Upshift => UPSHIFT_PREFIX,
-            StoreLayout::Airlock => AIRLOCK_PREFIX,
+/// The keys of one lock service, as addressed on the store's root handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    layout: StoreLayout,
+    groups: String,
+    audit: String,
+}
+
+impl Keys {
+    /// Keys of `layout`; `key_prefix` is the store's prefix for Upshift's
+    /// own keys (the Airlock layout's group keys ignore it).
+    pub fn new(layout: StoreLayout, key_prefix: &str) -> Self {
+        let groups = match layout {
+            StoreLayout::Upshift => format!("{key_prefix}{UPSHIFT_PREFIX}"),
+            StoreLayout::Airlock => AIRLOCK_PREFIX.to_string(),
+        };
+        Self {
+            layout,
+            groups,
+            audit: format!("{key_prefix}{AUDIT_PREFIX}"),
         }
     }
 
+    /// The layout.
+    pub fn layout(&self) -> StoreLayout {
+        self.layout
+    }
+
+    /// Prefix every group key starts with (the watch prefix).
+    pub fn groups_prefix(&self) -> &str {
+        &self.groups
+    }
+
     /// Key of `group`'s record.
-    pub fn group_key(self, group: &str) -> String {
-        match self {
-            StoreLayout::Upshift => format!("{UPSHIFT_PREFIX}{group}"),
-            StoreLayout::Airlock => format!("{AIRLOCK_PREFIX}{group}{AIRLOCK_SUFFIX}"),
+    pub fn group_key(&self, group: &str) -> String {
+        match self.layout {
+            StoreLayout::Upshift => format!("{}{group}", self.groups),
+            StoreLayout::Airlock => format!("{}{group}{AIRLOCK_SUFFIX}", self.groups),
         }
     }
 
     /// The group a key belongs to, if it is a group record key.
-    pub fn group_of(self, key: &str) -> Option<&str> {
-        let rest = key.strip_prefix(self.groups_prefix())?;
-        let group = match self {
+    pub fn group_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(self.groups.as_str())?;
+        let group = match self.layout {
             StoreLayout::Upshift => rest,
             StoreLayout::Airlock => rest.strip_suffix(AIRLOCK_SUFFIX)?,
         };
         (!group.is_empty() && !group.contains('/')).then_some(group)
     }
 
+    /// Prefix of the audit entries.
+    pub fn audit_prefix(&self) -> &str {
+        &self.audit
+    }
+
+    /// Key of a new audit entry: time-ordered, then ordered within this
+    /// process by a sequence number, with a random tail against collisions
+    /// across replicas.
+    pub fn audit_key(&self, at_ms: u64) -> String {
+        let seq = AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "{}{at_ms:020}-{seq:012}-{:08x}",
+            self.audit,
+            rand::random::<u32>()
+        )
+    }
+}
+
+impl StoreLayout {
     /// Decodes a stored record.
     pub fn decode(self, raw: &[u8]) -> Result<SemaphoreState, DecodeError> {
         match self {
@@ -83,7 +137,7 @@ impl StoreLayout {
                             .cloned()
                             .unwrap_or_else(|| HolderRecord {
                                 id: id.clone(),
-                                acquired_at: 0,
+                                acquired_at: UNKNOWN_ACQUIRED_AT,
                                 method: Method::Fleetlock,
                                 lease: None,
                             })
@@ -143,16 +197,6 @@ pub struct AuditRecord {
 
 static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Key of a new audit entry: time-ordered, then ordered within this process
-/// by a sequence number, with a random tail against collisions across replicas.
-pub fn audit_key(at_ms: u64) -> String {
-    let seq = AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "{AUDIT_PREFIX}{at_ms:020}-{seq:012}-{:08x}",
-        rand::random::<u32>()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,8 +218,8 @@ mod tests {
     }
 
     #[test]
-    fn keys() {
-        let a = StoreLayout::Airlock;
+    fn airlock_keys_ignore_the_store_prefix() {
+        let a = Keys::new(StoreLayout::Airlock, "/upshift/");
         assert_eq!(
             a.group_key("default"),
             "com.coreos.airlock/groups/default/v1/semaphore"
@@ -185,7 +229,23 @@ mod tests {
             Some("default")
         );
         assert_eq!(a.group_of("com.coreos.airlock/groups/default/v2/x"), None);
-        let u = StoreLayout::Upshift;
+        assert!(a.audit_key(1).starts_with("/upshift/upshift/lock/audit/"));
+    }
+
+    #[test]
+    fn upshift_keys_carry_the_store_prefix() {
+        let u = Keys::new(StoreLayout::Upshift, "/upshift/");
+        assert_eq!(u.group_key("web"), "/upshift/upshift/lock/groups/web");
         assert_eq!(u.group_of(&u.group_key("web.eu-1")), Some("web.eu-1"));
+        assert_eq!(u.group_of("upshift/lock/groups/web"), None);
+        assert_eq!(u.audit_prefix(), "/upshift/upshift/lock/audit/");
+    }
+
+    #[test]
+    fn airlock_holders_have_an_unknown_acquisition_time() {
+        let s = StoreLayout::Airlock
+            .decode(br#"{"total_slots":1,"holders":["airlock-node"]}"#)
+            .unwrap();
+        assert_eq!(s.holders[0].acquired_at, UNKNOWN_ACQUIRED_AT);
     }
 }

@@ -15,7 +15,7 @@ use upshift_store::{SharedStore, Txn};
 
 use crate::config::{GroupSettings, LockSettings, valid_group_name};
 use crate::error::LockError;
-use crate::layout::{AuditRecord, audit_key};
+use crate::layout::{AuditRecord, DecodeError, Keys, UNKNOWN_ACQUIRED_AT};
 use crate::metrics::LockMetrics;
 use crate::semaphore::{HolderRecord, LockRequest, Outcome, SemaphoreState};
 use upshift_common::window;
@@ -37,7 +37,13 @@ pub struct LockService {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) settings: LockSettings,
+    /// The store's root handle: every key below is spelled out in full.
     pub(crate) store: SharedStore,
+    pub(crate) keys: Keys,
+    /// When this instance first saw each holder of unknown acquisition time
+    /// (written by Airlock), by group and id; written into the record with
+    /// the next change of it.
+    first_seen: Mutex<HashMap<String, HashMap<String, u64>>>,
     pub(crate) clock: SharedClock,
     pub(crate) metrics: LockMetrics,
     pub(crate) cache: Cache,
@@ -106,9 +112,12 @@ impl LockService {
         shutdown: CancellationToken,
     ) -> Result<Self, LockError> {
         let (wake, _) = watch::channel(0);
+        let keys = Keys::new(settings.store_layout, store.key_prefix());
         let inner = Arc::new(Inner {
             settings,
-            store,
+            store: store.root(),
+            keys,
+            first_seen: Mutex::default(),
             clock,
             metrics,
             cache: Cache::default(),
@@ -191,7 +200,7 @@ impl LockService {
         group: &str,
     ) -> Result<(SemaphoreState, u64, Option<Vec<u8>>), LockError> {
         let settings = self.group_settings(group)?;
-        let key = self.inner.settings.store_layout.group_key(group);
+        let key = self.inner.keys.group_key(group);
         let kv = self.inner.store.get(&key).await.map_err(|e| {
             self.inner.metrics.store_error("get");
             LockError::Unavailable(Some(e))
@@ -200,10 +209,7 @@ impl LockService {
             None => Ok((SemaphoreState::new(settings.slots), 0, None)),
             Some(kv) => {
                 let state = self
-                    .inner
-                    .settings
-                    .store_layout
-                    .decode(&kv.value)
+                    .decode(group, &kv.value)
                     .map_err(|e| LockError::Corrupt(group.to_string(), e))?;
                 Ok((state, kv.mod_revision, Some(kv.value)))
             }
@@ -288,8 +294,8 @@ impl LockService {
             }
             return Ok(Attempt::Done(effect.value));
         }
-        let layout = self.inner.settings.store_layout;
-        let key = layout.group_key(group);
+        let layout = self.inner.keys.layout();
+        let key = self.inner.keys.group_key(group);
         // An unchanged record (a no-op admin call) only appends its audit entry.
         let mut txn = Txn::new();
         let encoded = (state != before).then(|| layout.encode(&state, raw.as_deref()));
@@ -300,7 +306,7 @@ impl LockService {
         }
         for a in &audit {
             txn = txn.then(upshift_store::Op::put(
-                audit_key(a.at_ms),
+                self.inner.keys.audit_key(a.at_ms),
                 serde_json::to_vec(a).unwrap_or_default(),
             ));
         }
@@ -340,6 +346,38 @@ impl LockService {
         }
         self.cache_put(group, state);
         Ok(Attempt::Done(effect.value))
+    }
+
+    /// Decodes `group`'s stored record. Holders of unknown acquisition time
+    /// (written by Airlock) are dated to when this instance first saw them,
+    /// so their ages count from the takeover rather than from 1970.
+    pub(crate) fn decode(&self, group: &str, raw: &[u8]) -> Result<SemaphoreState, DecodeError> {
+        let mut state = self.inner.keys.layout().decode(raw)?;
+        let mut seen = self
+            .inner
+            .first_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !state
+            .holders
+            .iter()
+            .any(|h| h.acquired_at == UNKNOWN_ACQUIRED_AT)
+        {
+            if !seen.is_empty() {
+                seen.remove(group);
+            }
+            return Ok(state);
+        }
+        let now = epoch_secs(self.now());
+        let known = seen.entry(group.to_string()).or_default();
+        known.retain(|id, _| state.holders.iter().any(|h| &h.id == id));
+        for h in &mut state.holders {
+            if h.acquired_at == UNKNOWN_ACQUIRED_AT {
+                h.acquired_at = *known.entry(h.id.clone()).or_insert(now);
+            }
+        }
+        state.holders.sort_by_key(|h| h.acquired_at);
+        Ok(state)
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
@@ -470,7 +508,7 @@ impl LockService {
         let (kvs, _) = self
             .inner
             .store
-            .list(crate::layout::AUDIT_PREFIX)
+            .list(self.inner.keys.audit_prefix())
             .await
             .map_err(|e| LockError::Unavailable(Some(e)))?;
         Ok(kvs
@@ -484,17 +522,17 @@ impl LockService {
 
     /// Every known group: configured ones and any with a stored record.
     pub async fn list_groups(&self) -> Result<Vec<(String, SemaphoreState)>, LockError> {
-        let layout = self.inner.settings.store_layout;
+        let keys = &self.inner.keys;
         let (kvs, _) = self
             .inner
             .store
-            .list(layout.groups_prefix())
+            .list(keys.groups_prefix())
             .await
             .map_err(|e| LockError::Unavailable(Some(e)))?;
         let mut out: BTreeMap<String, SemaphoreState> = BTreeMap::new();
         for kv in kvs {
-            if let Some(group) = layout.group_of(&kv.key)
-                && let Ok(state) = layout.decode(&kv.value)
+            if let Some(group) = keys.group_of(&kv.key)
+                && let Ok(state) = self.decode(group, &kv.value)
             {
                 out.insert(group.to_string(), state);
             }

@@ -26,7 +26,7 @@ const ITERATIONS: usize = 4;
 async fn hammer(store: SharedStore, slots: u32) {
     let cfg = format!("request_timeout = \"20s\"\n[groups.hammer]\nslots = {slots}\n");
     let s = Arc::new(Server::start(&cfg, store.clone(), SystemClock::shared()).await);
-    let key = StoreLayout::Upshift.group_key("hammer");
+    let key = upshift_lock::layout::Keys::new(StoreLayout::Upshift, "").group_key("hammer");
     let mut history = store.watch(&key, None).await.unwrap();
     // Client-side count: incremented after a grant answer, decremented before a
     // release request, so it never exceeds the true number of holders.

@@ -213,16 +213,21 @@ async fn base_path_and_default_template() {
     s.stop().await;
 }
 
-stores::on_each_store!(airlock_layout_takeover_on, airlock_layout_takeover);
+stores::on_each_store!(
+    airlock_layout_keeps_foreign_fields_on,
+    airlock_layout_keeps_foreign_fields
+);
 
-/// Taking over an Airlock deployment in place: its holders stay holders.
-async fn airlock_layout_takeover(open: stores::Opener) {
+/// The Airlock layout on each store: its holders stay holders, our fields go
+/// alongside Airlock's, fields of others are kept. The record is read and
+/// written through the root handle, at Airlock's exact key.
+async fn airlock_layout_keeps_foreign_fields(open: stores::Opener) {
     use upshift_store::{Op, Txn};
     let store = open();
-    let key = "com.coreos.airlock/groups/default/v1/semaphore";
+    let root = store.clone().root();
+    let key = AIRLOCK_KEY;
     let airlock = r#"{"total_slots":2,"holders":["zz-airlock-node"],"note":"kept"}"#;
-    store
-        .txn(Txn::new().then(Op::put(key, airlock)))
+    root.txn(Txn::new().then(Op::put(key, airlock)))
         .await
         .unwrap();
     let cfg = "store_layout = \"airlock\"\n[groups.default]\nslots = 2\n";
@@ -238,11 +243,21 @@ async fn airlock_layout_takeover(open: stores::Opener) {
         (st, kind(&v)),
         (StatusCode::CONFLICT, "failed_lock_semaphore_full")
     );
-    let raw = store.get(key).await.unwrap().unwrap().value;
+    let raw = root.get(key).await.unwrap().unwrap().value;
     let v: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(v["total_slots"], 2);
     assert_eq!(v["holders"], json!(["a-node", "zz-airlock-node"]));
     assert_eq!(v["note"], "kept");
+    let imported = v["upshift_holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "zz-airlock-node")
+        .expect("the Airlock holder gets a record of ours with the next write");
+    assert!(
+        imported["acquired_at"].as_u64().unwrap() > 0,
+        "dated to when it was first seen: {imported}"
+    );
     assert_eq!(
         post(
             &s,
@@ -253,14 +268,118 @@ async fn airlock_layout_takeover(open: stores::Opener) {
         .0,
         StatusCode::OK
     );
-    let v: Value = serde_json::from_slice(&store.get(key).await.unwrap().unwrap().value).unwrap();
+    let v: Value = serde_json::from_slice(&root.get(key).await.unwrap().unwrap().value).unwrap();
     assert_eq!(v["holders"], json!(["a-node"]));
+    let (own, _) = root.list("").await.unwrap();
     assert!(
-        store
-            .get("upshift/lock/groups/default")
-            .await
-            .unwrap()
-            .is_none()
+        own.iter()
+            .all(|kv| !kv.key.contains("upshift/lock/groups/")),
+        "no record in our own layout"
+    );
+    s.stop().await;
+}
+
+const AIRLOCK_KEY: &str = "com.coreos.airlock/groups/default/v1/semaphore";
+
+/// Taking over a live Airlock deployment in place on a real etcd, with the
+/// default `[store.etcd]` settings (key prefix "/upshift/"): the record
+/// Airlock wrote with its own client is honoured and stays where Airlock
+/// reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlock_takeover_on_etcd_with_default_prefix() {
+    if upshift_store::testing::skip_etcd() {
+        return;
+    }
+    let etcd = upshift_store::testing::EtcdServer::start().await.unwrap();
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    raw.put(
+        AIRLOCK_KEY,
+        r#"{"total_slots":1,"holders":["airlock-node"]}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let clock = SystemClock::shared();
+    let started = clock.now();
+
+    let cfg = format!(
+        "store_layout = \"airlock\"\n[groups.default]\nslots = 1\n\
+         [store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"{}\"]\n",
+        etcd.endpoint()
+    );
+    let file: upshift_lock::LockConfig = upshift_common::config::parse_toml(&cfg).unwrap();
+    assert_eq!(
+        file.store.etcd.key_prefix, "/upshift/",
+        "the default prefix"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = file.store.open(dir.path()).await.unwrap();
+    let s = Server::start(&cfg, store, clock).await;
+
+    let (st, v, _) = post(&s, "/v1/pre-reboot", zincati_body("b-node", "default")).await;
+    assert_eq!(
+        (st, kind(&v)),
+        (StatusCode::CONFLICT, "failed_lock_semaphore_full"),
+        "Airlock's holder keeps the only slot"
+    );
+
+    // Its age counts from when the service first saw it, not from 1970.
+    let group = s
+        .client()
+        .await
+        .get_group(upshift_proto::lock::v1::GetGroupRequest {
+            group: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    let holder = &group.holders[0];
+    assert_eq!(holder.id, "airlock-node");
+    let acquired = holder.acquired_at.unwrap().seconds as u64;
+    let started_secs = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(acquired >= started_secs, "{acquired} < {started_secs}");
+    assert!(holder.age.unwrap().seconds < 60);
+    let age = s
+        .metric("upshift_lock_oldest_holder_age_seconds", "default")
+        .await
+        .unwrap();
+    assert!(age < 60.0, "oldest holder age {age}");
+
+    let (st, _, _) = post(
+        &s,
+        "/v1/steady-state",
+        zincati_body("airlock-node", "default"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "the Airlock holder can release");
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("b-node", "default")).await;
+    assert_eq!(st, StatusCode::OK);
+
+    let value = raw.get(AIRLOCK_KEY, None).await.unwrap().kvs()[0]
+        .value()
+        .to_vec();
+    let v: Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(v["total_slots"], 1);
+    assert_eq!(v["holders"], json!(["b-node"]), "where Airlock reads it");
+    let prefixed = format!("/upshift/{AIRLOCK_KEY}");
+    assert!(raw.get(prefixed, None).await.unwrap().kvs().is_empty());
+    let audit = raw
+        .get(
+            "/upshift/upshift/lock/audit/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        audit.kvs().len() >= 2,
+        "our own keys stay under the prefix: release and grant audited"
     );
     s.stop().await;
 }

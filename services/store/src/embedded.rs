@@ -166,6 +166,10 @@ impl Store for EmbeddedStore {
             .ok_or(StoreError::LeaseNotFound(lease))
     }
 
+    fn root(self: Arc<Self>) -> crate::SharedStore {
+        self
+    }
+
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         if !self.inner.leases.remove(lease) {
             return Err(StoreError::LeaseNotFound(lease));

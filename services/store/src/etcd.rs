@@ -303,6 +303,18 @@ impl Store for EtcdStore {
         }
     }
 
+    fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn root(self: std::sync::Arc<Self>) -> crate::SharedStore {
+        std::sync::Arc::new(Self {
+            client: self.client.clone(),
+            prefix: String::new(),
+            timeout: self.timeout,
+        })
+    }
+
     async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
         let mut lease = self.client.lease_client();
         self.call(Some(id), lease.revoke(id)).await?;

@@ -219,6 +219,18 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Revokes a lease, deleting its keys.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// The prefix this handle puts before every key (etcd's `key_prefix`;
+    /// empty for stores that have none).
+    fn key_prefix(&self) -> &str {
+        ""
+    }
+
+    /// The same store, on the same connection, addressing keys exactly as
+    /// given: no [`Store::key_prefix`] is added or stripped. For keys whose
+    /// place another program fixes (Airlock's), and for writing those and
+    /// prefixed keys in one transaction.
+    fn root(self: Arc<Self>) -> SharedStore;
 }
 
 /// The store handle services hold.

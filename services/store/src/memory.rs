@@ -171,6 +171,10 @@ impl Store for MemStore {
         Ok(Duration::from_secs(1))
     }
 
+    fn root(self: std::sync::Arc<Self>) -> crate::SharedStore {
+        self
+    }
+
     async fn revoke_lease(&self, _lease: LeaseId) -> Result<(), StoreError> {
         Ok(())
     }

@@ -283,3 +283,13 @@ async fn watch_ends_when_the_store_closes() {
         .unwrap();
     assert!(end.is_none());
 }
+
+#[tokio::test]
+async fn root_handle_is_the_same_store() {
+    let dir = temp();
+    let store = open(&dir.path().join("store.redb"));
+    let root = store.clone().root();
+    assert_eq!(root.key_prefix(), "");
+    put(&root, "k", "v").await;
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b"v");
+}

@@ -138,3 +138,33 @@ async fn unreachable_etcd_is_unavailable() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_handle_addresses_keys_without_the_prefix() {
+    let Some(server) = server().await else { return };
+    let store = server.store("/upshift/").await.unwrap();
+    assert_eq!(store.key_prefix(), "/upshift/");
+    let root = store.clone().root();
+    assert_eq!(root.key_prefix(), "");
+    put(&store, "mine", "1").await;
+    put(&root, "com.coreos.airlock/groups/default/v1/semaphore", "2").await;
+    assert_eq!(
+        root.get("/upshift/mine").await.unwrap().unwrap().value,
+        b"1"
+    );
+    assert!(root.get("mine").await.unwrap().is_none());
+    assert!(
+        store
+            .get("com.coreos.airlock/groups/default/v1/semaphore")
+            .await
+            .unwrap()
+            .is_none(),
+        "the prefixed handle does not see keys outside its prefix"
+    );
+    // One transaction across both: the root handle spells the prefix out.
+    let txn = Txn::new()
+        .then(Op::put("/upshift/a", "x"))
+        .then(Op::put("outside", "y"));
+    assert!(root.txn(txn).await.unwrap().succeeded);
+    assert_eq!(store.get("a").await.unwrap().unwrap().value, b"x");
+}

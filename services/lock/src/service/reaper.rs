@@ -32,8 +32,8 @@ pub(super) fn spawn_follower(svc: LockService) -> oneshot::Receiver<()> {
 }
 
 async fn follow(svc: &LockService, first: &mut Option<oneshot::Sender<()>>) {
-    let layout = svc.inner.settings.store_layout;
-    let prefix = layout.groups_prefix();
+    let keys = svc.inner.keys.clone();
+    let prefix = keys.groups_prefix();
     let mut backoff = Duration::from_millis(100);
     loop {
         let listed = svc.inner.store.list(prefix).await;
@@ -51,7 +51,7 @@ async fn follow(svc: &LockService, first: &mut Option<oneshot::Sender<()>>) {
             }
         };
         for kv in kvs {
-            apply(svc, layout.group_of(&kv.key), Some(&kv.value));
+            apply(svc, keys.group_of(&kv.key), Some(&kv.value));
         }
         if let Some(tx) = first.take() {
             let _ = tx.send(());
@@ -68,8 +68,8 @@ async fn follow(svc: &LockService, first: &mut Option<oneshot::Sender<()>>) {
         backoff = Duration::from_millis(100);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(WatchEvent::Put(kv)) => apply(svc, layout.group_of(&kv.key), Some(&kv.value)),
-                Ok(WatchEvent::Delete { key, .. }) => apply(svc, layout.group_of(&key), None),
+                Ok(WatchEvent::Put(kv)) => apply(svc, keys.group_of(&kv.key), Some(&kv.value)),
+                Ok(WatchEvent::Delete { key, .. }) => apply(svc, keys.group_of(&key), None),
                 Err(e) => {
                     svc.inner.metrics.store_error("watch");
                     tracing::warn!(error = %e, "lock group watch ended; re-listing");
@@ -82,7 +82,7 @@ async fn follow(svc: &LockService, first: &mut Option<oneshot::Sender<()>>) {
 
 fn apply(svc: &LockService, group: Option<&str>, value: Option<&[u8]>) {
     let Some(group) = group else { return };
-    match value.map(|v| svc.inner.settings.store_layout.decode(v)) {
+    match value.map(|v| svc.decode(group, v)) {
         Some(Ok(state)) => svc.cache_put(group, state),
         Some(Err(e)) => tracing::warn!(group, error = %e, "ignoring undecodable group record"),
         None => {

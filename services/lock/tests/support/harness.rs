@@ -68,6 +68,17 @@ impl Server {
         LockAdminServiceClient::connect(self.url("")).await.unwrap()
     }
 
+    /// The value of the gauge `name` for `group` on `/metrics`, if exported.
+    pub async fn metric(&self, name: &str, group: &str) -> Option<f64> {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name, group)
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -85,4 +96,12 @@ pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
         format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
     );
     r
+}
+
+/// The value of `name{...group="<group>"...}` in a Prometheus exposition.
+pub fn metric_value(text: &str, name: &str, group: &str) -> Option<f64> {
+    let label = format!("group=\"{group}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
