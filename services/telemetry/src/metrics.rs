@@ -56,6 +56,7 @@ pub struct TelemetryMetrics {
     reports: Counter<u64>,
     attempts: Counter<u64>,
     failures: Counter<u64>,
+    errors: Counter<u64>,
     staged_to_steady: Histogram<f64>,
     store_errors: Counter<u64>,
     pause_calls: Counter<u64>,
@@ -77,7 +78,13 @@ impl TelemetryMetrics {
             failures: meter
                 .u64_counter("upshift_telemetry_update_failures")
                 .with_description(
-                    "Update attempts failed, by stream, target version and error kind.",
+                    "Update attempts failed (release failure kinds only), by stream, target version and error kind.",
+                )
+                .build(),
+            errors: meter
+                .u64_counter("upshift_telemetry_agent_errors")
+                .with_description(
+                    "New errors reported by agents, by stream and error kind (release failures and outages).",
                 )
                 .build(),
             staged_to_steady: meter
@@ -125,6 +132,13 @@ impl TelemetryMetrics {
                     &[
                         KeyValue::new("stream", b.label("stream", stream)),
                         KeyValue::new("target_version", b.label("version", version)),
+                    ],
+                ),
+                AttemptEvent::ErrorReported { stream, kind } => self.errors.add(
+                    1,
+                    &[
+                        KeyValue::new("stream", b.label("stream", stream)),
+                        KeyValue::new("error_kind", b.label("error_kind", kind)),
                     ],
                 ),
                 AttemptEvent::Failed {

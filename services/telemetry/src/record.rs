@@ -5,10 +5,14 @@
 //! towards R (staging, staged, waiting for gates, finalizing, rebooting with
 //! target R), or reopens on a fresh `staging` after a failure. It fails when a
 //! report carries a new error (`last_error_kind`/`last_error` changed and not
-//! empty) while working towards R, and succeeds when the host reports steady
-//! on R (booted R in `reporting-steady`, `idle`, `update-available` or
-//! `dead-end`). A host that ever failed on R counts as failed for R's halt
-//! rule, even if a later try succeeded.
+//! empty) of a kind that says the release failed on the host
+//! ([`RELEASE_FAILURE_KINDS`]) while working towards R, and succeeds when the
+//! host reports steady on R (booted R in `reporting-steady`, `idle`,
+//! `update-available` or `dead-end`). Other kinds (the hint source, a gate or
+//! the lock unreachable) are outages around the host, not verdicts on R:
+//! they are counted by kind but leave the attempt open. A host that ever
+//! failed on R counts as failed for R's halt rule, even if a later try
+//! succeeded.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +27,24 @@ pub const HOSTS_PREFIX: &str = "telemetry/hosts/";
 pub const HALTS_PREFIX: &str = "telemetry/halts/";
 /// Attempts kept per host (the most recent releases).
 pub const MAX_ATTEMPTS_PER_HOST: usize = 4;
+
+/// Error kinds (the agent's closed set) that fail an attempt and so count
+/// towards a release's halt: deploying it failed, finalizing it failed, or
+/// the agent gave up on it (deny list after repeated staging failures).
+///
+/// Not counted: `hints-unavailable` (policy or Cincinnati server down),
+/// `gate-check-failed` (lock service or session check unreachable),
+/// `steady-state-failed` (releasing the lock after boot), `os` (the OS
+/// backend itself unreachable) and any kind this list does not name. A host
+/// that boots back into the old release reports no error; its attempt stays
+/// open and counts through the rule's `steady_within`.
+pub const RELEASE_FAILURE_KINDS: [&str; 3] =
+    ["staging-failed", "finalize-failed", "release-denied"];
+
+/// Whether an error of `kind` says the release failed on the host.
+pub fn is_release_failure(kind: &str) -> bool {
+    RELEASE_FAILURE_KINDS.contains(&kind)
+}
 
 /// Whether `s` is usable as a stream, version, group or error kind (and a key part).
 pub fn valid_label(s: &str) -> bool {
@@ -220,7 +242,14 @@ pub enum AttemptEvent {
         /// Target release.
         version: String,
     },
-    /// An attempt failed with `kind`.
+    /// A host reported a new error, of any kind (release failure or not).
+    ErrorReported {
+        /// Stream.
+        stream: String,
+        /// Error kind.
+        kind: String,
+    },
+    /// An attempt failed with `kind` (one of [`RELEASE_FAILURE_KINDS`]).
     Failed {
         /// Stream.
         stream: String,
@@ -301,8 +330,9 @@ fn track_progress(
     }
 }
 
-/// A new error (kind or message changed, not empty) fails the open attempt
-/// on the target (or on the previous report's target when none is given).
+/// A new error (kind or message changed, not empty) is reported by kind; one
+/// of [`RELEASE_FAILURE_KINDS`] also fails the open attempt on the target
+/// (or on the previous report's target when none is given).
 fn track_failure(
     attempts: &mut Vec<Attempt>,
     prev: Option<&StatusRecord>,
@@ -314,6 +344,13 @@ fn track_failure(
     let new_error = !kind.is_empty()
         && prev.is_none_or(|p| &p.last_error_kind != kind || p.last_error != status.last_error);
     if !new_error {
+        return;
+    }
+    events.push(AttemptEvent::ErrorReported {
+        stream: status.stream.clone(),
+        kind: kind.clone(),
+    });
+    if !is_release_failure(kind) {
         return;
     }
     let target = match status.target_version.as_str() {

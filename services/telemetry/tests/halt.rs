@@ -367,7 +367,7 @@ async fn staged_failures_halt_once(open: stores::Opener) {
         "1.0",
         "2.0",
         AgentState::UpdateAvailable,
-        "other-failure",
+        "staging-failed",
     ))
     .await
     .unwrap();
@@ -378,6 +378,58 @@ async fn staged_failures_halt_once(open: stores::Opener) {
     policy.stop.cancel();
 }
 stores::on_each_store!(staged_failures_halt_once_on, staged_failures_halt_once);
+
+/// A policy restart and a lock outage while 20 hosts are staged on 2.0: every
+/// host reports `hints-unavailable`, then `gate-check-failed`. Nothing halts;
+/// the errors are on `/metrics` by kind, not as update failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_while_staged_do_not_halt() {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(1000 + 3000), 1.0);
+    let store = harness::mem_store();
+    let policy = start_policy(store.clone(), clock.clone()).await;
+    let t = Server::start(&telemetry_config(&policy.url), store.clone(), clock).await;
+    let mut client = t.client().await;
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        let mut a = Agent::connect(&mut client).await;
+        let st = status(
+            &format!("h{i}"),
+            "default",
+            "1.0",
+            "2.0",
+            AgentState::Staged,
+            "",
+        );
+        a.report(st).await.unwrap();
+        agents.push(a);
+    }
+    for (state, kind) in [
+        (AgentState::Staged, "hints-unavailable"),
+        (AgentState::WaitingForGates, "gate-check-failed"),
+    ] {
+        for (i, a) in agents.iter_mut().enumerate() {
+            let st = status(&format!("h{i}"), "default", "1.0", "2.0", state, kind);
+            a.report(st).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(halts_stored(&store).await, 0);
+    assert!(!rollout(&policy.url).await.paused);
+    let m = parse(&t.scrape().await);
+    let errors = "upshift_telemetry_agent_errors_total";
+    assert_eq!(
+        sum(&m, errors, &[("error_kind", "hints-unavailable")]),
+        20.0
+    );
+    assert_eq!(
+        sum(&m, errors, &[("error_kind", "gate-check-failed")]),
+        20.0
+    );
+    assert_eq!(sum(&m, "upshift_telemetry_update_failures_total", &[]), 0.0);
+    assert_eq!(sum(&m, "upshift_telemetry_halts", &[]), 0.0);
+    t.stop().await;
+    policy.stop.cancel();
+}
 
 /// While the policy service is down the pause is retried until it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,45 @@ fn ratio_rule_needs_min_attempts() {
 }
 
 #[test]
+fn outages_reported_by_staged_hosts_do_not_cross() {
+    let mut f = Fleet::new();
+    let r = HaltRule {
+        max_failures: Some(2),
+        ..rule()
+    };
+    let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+    for h in &hosts {
+        report(&mut f, h, 0, "1", "2", AgentState::Staged, "");
+    }
+    // The policy service restarts, then the lock service does.
+    for h in &hosts {
+        report(
+            &mut f,
+            h,
+            10,
+            "1",
+            "2",
+            AgentState::Staged,
+            "hints-unavailable",
+        );
+    }
+    for h in &hosts {
+        let state = AgentState::WaitingForGates;
+        report(&mut f, h, 20, "1", "2", state, "gate-check-failed");
+    }
+    let stats = f.release("stable", "2").unwrap();
+    assert_eq!((stats.attempted, stats.failed), (20, 0));
+    assert!(f.crossing("stable", "2", &r, at(30)).is_none());
+    // Real failures on the same hosts still cross.
+    for h in &hosts[..3] {
+        let state = AgentState::WaitingForGates;
+        report(&mut f, h, 40, "1", "2", state, "finalize-failed");
+    }
+    let c = f.crossing("stable", "2", &r, at(50)).unwrap();
+    assert!(c.reason.contains("3 of 20"), "{}", c.reason);
+}
+
+#[test]
 fn overdue_attempts_count_as_failed() {
     let mut f = Fleet::new();
     for i in 0..10 {
@@ -142,9 +181,25 @@ fn absolute_rule_and_halt_record_stop_it() {
         max_failures: Some(1),
         ..rule()
     };
-    report(&mut f, "a", 0, "1", "2", AgentState::Staging, "x");
+    report(
+        &mut f,
+        "a",
+        0,
+        "1",
+        "2",
+        AgentState::Staging,
+        "staging-failed",
+    );
     assert!(f.crossing("stable", "2", &r, at(1)).is_none());
-    report(&mut f, "b", 0, "1", "2", AgentState::Staging, "x");
+    report(
+        &mut f,
+        "b",
+        0,
+        "1",
+        "2",
+        AgentState::Staging,
+        "staging-failed",
+    );
     let c = f.crossing("stable", "2", &r, at(1)).unwrap();
     f.put_halt(HaltRecord {
         stream: c.stream,

@@ -34,6 +34,18 @@ fn run(steps: &[(u64, StatusRecord)]) -> (HostRecord, Vec<AttemptEvent>) {
     (rec.unwrap(), all)
 }
 
+/// The events' variants, in order.
+fn names(ev: &[AttemptEvent]) -> Vec<&'static str> {
+    ev.iter()
+        .map(|e| match e {
+            AttemptEvent::Started { .. } => "started",
+            AttemptEvent::ErrorReported { .. } => "error",
+            AttemptEvent::Failed { .. } => "failed",
+            AttemptEvent::Steady { .. } => "steady",
+        })
+        .collect()
+}
+
 #[test]
 fn successful_update_records_staged_to_steady() {
     let (rec, ev) = run(&[
@@ -79,15 +91,10 @@ fn failure_counts_once_and_retry_reopens() {
         (70, status("1", "2", AgentState::Staged, "")),
         (80, status("2", "", AgentState::Idle, "")),
     ]);
-    let kinds: Vec<_> = ev
-        .iter()
-        .map(|e| match e {
-            AttemptEvent::Started { .. } => "started",
-            AttemptEvent::Failed { .. } => "failed",
-            AttemptEvent::Steady { .. } => "steady",
-        })
-        .collect();
-    assert_eq!(kinds, ["started", "failed", "started", "steady"]);
+    assert_eq!(
+        names(&ev),
+        ["started", "error", "failed", "started", "steady"]
+    );
     // The host failed once on 2: it stays counted as failed.
     assert_eq!(rec.attempts[0].failed.as_deref(), Some("staging-failed"));
 }
@@ -96,10 +103,74 @@ fn failure_counts_once_and_retry_reopens() {
 fn error_without_prior_attempt_opens_and_fails() {
     let (_, ev) = run(&[(
         0,
-        status("1", "2", AgentState::UpdateAvailable, "download-failed"),
+        status("1", "2", AgentState::UpdateAvailable, "finalize-failed"),
     )]);
-    assert_eq!(ev.len(), 2);
-    assert!(matches!(&ev[1], AttemptEvent::Failed { kind, .. } if kind == "download-failed"));
+    assert_eq!(names(&ev), ["error", "started", "failed"]);
+    assert!(matches!(&ev[2], AttemptEvent::Failed { kind, .. } if kind == "finalize-failed"));
+}
+
+#[test]
+fn outages_while_staged_leave_the_attempt_open() {
+    let (rec, ev) = run(&[
+        (0, status("1", "2", AgentState::Staging, "")),
+        (10, status("1", "2", AgentState::Staged, "")),
+        (
+            20,
+            status("1", "2", AgentState::Staged, "hints-unavailable"),
+        ),
+        (
+            30,
+            status("1", "2", AgentState::WaitingForGates, "gate-check-failed"),
+        ),
+        (
+            40,
+            status("1", "2", AgentState::Rebooting, "gate-check-failed"),
+        ),
+        (50, status("2", "", AgentState::Idle, "steady-state-failed")),
+    ]);
+    assert_eq!(names(&ev), ["started", "error", "error", "error", "steady"]);
+    let errors: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AttemptEvent::ErrorReported { kind, .. } => Some(kind.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "hints-unavailable",
+            "gate-check-failed",
+            "steady-state-failed"
+        ]
+    );
+    assert_eq!(rec.attempts[0].failed, None);
+    assert!(rec.attempts[0].steady_ms.is_some());
+}
+
+#[test]
+fn only_release_failure_kinds_fail() {
+    for kind in [
+        "hints-unavailable",
+        "gate-check-failed",
+        "os",
+        "no-such-kind",
+    ] {
+        let (rec, ev) = run(&[
+            (0, status("1", "2", AgentState::Staging, "")),
+            (1, status("1", "2", AgentState::UpdateAvailable, kind)),
+        ]);
+        assert_eq!(names(&ev), ["started", "error"], "{kind}");
+        assert!(rec.attempts[0].open && rec.attempts[0].failed.is_none());
+    }
+    for kind in RELEASE_FAILURE_KINDS {
+        let (rec, ev) = run(&[
+            (0, status("1", "2", AgentState::Staging, "")),
+            (1, status("1", "2", AgentState::UpdateAvailable, kind)),
+        ]);
+        assert_eq!(names(&ev), ["started", "error", "failed"], "{kind}");
+        assert_eq!(rec.attempts[0].failed.as_deref(), Some(kind));
+    }
 }
 
 #[test]
