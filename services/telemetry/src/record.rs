@@ -3,7 +3,10 @@
 //!
 //! An *attempt* of a host on release R opens when the host is seen working
 //! towards R (staging, staged, waiting for gates, finalizing, rebooting with
-//! target R), or reopens on a fresh `staging` after a failure. It fails when a
+//! target R), or reopens on a fresh `staging` after a failure. Its staged
+//! instant is the first report showing it at or past staged (staged, waiting
+//! for gates, finalizing, rebooting): the agent reports only its latest
+//! state, so a quick host may never report `staged` itself. It fails when a
 //! report carries a new error (`last_error_kind`/`last_error` changed and not
 //! empty) of a kind that says the release failed on the host
 //! ([`RELEASE_FAILURE_KINDS`]) while working towards R, and succeeds when the
@@ -96,6 +99,17 @@ fn in_progress(s: AgentState) -> bool {
         s,
         AgentState::Staging
             | AgentState::Staged
+            | AgentState::WaitingForGates
+            | AgentState::Finalizing
+            | AgentState::Rebooting
+    )
+}
+
+/// Staged or a later step towards the reboot.
+fn at_or_past_staged(s: AgentState) -> bool {
+    matches!(
+        s,
+        AgentState::Staged
             | AgentState::WaitingForGates
             | AgentState::Finalizing
             | AgentState::Rebooting
@@ -195,7 +209,7 @@ pub struct Attempt {
     pub version: String,
     /// When the (first) attempt opened.
     pub started_ms: u64,
-    /// When the host was first seen staged on it.
+    /// When the host was first seen at or past staged on it (this try).
     #[serde(default)]
     pub staged_ms: Option<u64>,
     /// Whether an attempt is in progress.
@@ -296,8 +310,8 @@ pub fn apply_status(
 }
 
 /// Opens (or reopens after a failure) the attempt on the target while the
-/// host works towards it, and notes when it is first seen staged. Times are
-/// the server's, so durations do not mix clocks.
+/// host works towards it, and notes when it is first seen at or past staged.
+/// Times are the server's, so durations do not mix clocks.
 fn track_progress(
     attempts: &mut Vec<Attempt>,
     prev: Option<&StatusRecord>,
@@ -319,11 +333,13 @@ fn track_progress(
         }
         Some(a) if !a.open && a.steady_ms.is_none() && fresh_staging => {
             a.open = true;
+            // Staged-to-steady measures the try that reaches steady.
+            a.staged_ms = None;
             events.push(started(stream, target));
         }
         Some(_) => {}
     }
-    if state == AgentState::Staged
+    if at_or_past_staged(state)
         && let Some(a) = attempts.iter_mut().find(|a| a.version == target)
     {
         a.staged_ms.get_or_insert(now_ms);

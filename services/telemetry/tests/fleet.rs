@@ -383,3 +383,35 @@ async fn embedded_store_reopened_keeps_the_view() {
     assert_eq!(s.summary(pb::HostFilter::default()).await.total_hosts, 10);
     s.stop().await;
 }
+
+/// The agent reports only its latest state: 12 of 20 hosts go from staging
+/// to waiting-for-gates, finalizing or rebooting without a `staged` report.
+/// Every host that reaches steady is in the staged-to-steady histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_to_steady_counts_hosts_never_reported_staged() {
+    let s = Server::start("", harness::mem_store(), SystemClock::shared()).await;
+    let mut client = s.client().await;
+    let past_staged = [
+        AgentState::Staged,
+        AgentState::WaitingForGates,
+        AgentState::Finalizing,
+        AgentState::Rebooting,
+        AgentState::Staged,
+    ];
+    for i in 0..20 {
+        let id = format!("q{i:02}");
+        let mut a = Agent::connect(&mut client).await;
+        for (booted, target, state) in [
+            ("1.0", "2.0", AgentState::Staging),
+            ("1.0", "2.0", past_staged[i % past_staged.len()]),
+            ("2.0", "", AgentState::ReportingSteady),
+        ] {
+            let st = status(&id, "default", booted, target, state, "");
+            a.report(st).await.unwrap();
+        }
+    }
+    let m = parse(&s.scrape().await);
+    let count = "upshift_telemetry_staged_to_steady_seconds_count";
+    assert_eq!(sum(&m, count, &[("stream", "stable")]), 20.0);
+    s.stop().await;
+}

@@ -75,6 +75,73 @@ fn successful_update_records_staged_to_steady() {
     assert!(rec.attempts[0].steady_ms.is_some() && rec.attempts[0].failed.is_none());
 }
 
+/// The `staged_for` of the (single) steady event.
+fn staged_for(ev: &[AttemptEvent]) -> Option<Duration> {
+    let steady: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AttemptEvent::Steady { staged_for, .. } => Some(*staged_for),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steady.len(), 1, "{ev:?}");
+    steady[0]
+}
+
+#[test]
+fn staged_clock_starts_at_the_first_report_past_staged() {
+    // The agent's status channel keeps only the latest state: `staged` is
+    // never reported by a host that moves on quickly.
+    let (_, ev) = run(&[
+        (0, status("1", "2", AgentState::UpdateAvailable, "")),
+        (20, status("1", "2", AgentState::Staging, "")),
+        (30, status("1", "2", AgentState::WaitingForGates, "")),
+        (40, status("1", "2", AgentState::Finalizing, "")),
+        (50, status("1", "2", AgentState::Rebooting, "")),
+        (150, status("2", "", AgentState::ReportingSteady, "")),
+    ]);
+    assert_eq!(staged_for(&ev), Some(Duration::from_secs(120)));
+    for (first, state) in [
+        (5, AgentState::WaitingForGates),
+        (6, AgentState::Finalizing),
+        (7, AgentState::Rebooting),
+    ] {
+        let (_, ev) = run(&[
+            (0, status("1", "2", AgentState::Staging, "")),
+            (first, status("1", "2", state, "")),
+            (100, status("2", "", AgentState::Idle, "")),
+        ]);
+        let want = Duration::from_secs(100 - first);
+        assert_eq!(staged_for(&ev), Some(want), "{state:?}");
+    }
+}
+
+#[test]
+fn staged_clock_restarts_with_a_new_try() {
+    let (_, ev) = run(&[
+        (0, status("1", "2", AgentState::Staging, "")),
+        (10, status("1", "2", AgentState::Staged, "")),
+        (
+            20,
+            status("1", "2", AgentState::WaitingForGates, "finalize-failed"),
+        ),
+        (
+            100,
+            status("1", "2", AgentState::Staging, "finalize-failed"),
+        ),
+        (
+            110,
+            status("1", "2", AgentState::Finalizing, "finalize-failed"),
+        ),
+        (200, status("2", "", AgentState::Idle, "")),
+    ]);
+    assert_eq!(
+        names(&ev),
+        ["started", "error", "failed", "started", "steady"]
+    );
+    assert_eq!(staged_for(&ev), Some(Duration::from_secs(90)));
+}
+
 #[test]
 fn failure_counts_once_and_retry_reopens() {
     let (rec, ev) = run(&[
