@@ -38,7 +38,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     match cli.command {
         Command::Serve(command) => serve::run(command),
         Command::Dev(args) => dev::run(args),
@@ -53,5 +56,16 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Prints clap's message; `--help` and `--version` exit 0, usage errors
+/// exit 64 (`EX_USAGE`) like every other configuration error.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    let _ = err.print();
+    if err.use_stderr() {
+        ExitCode::from(upshift_common::config::EX_USAGE as u8)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use upshift_common::config::{ConfigErrors, EX_USAGE, ServerSettings};
+use serde::de::DeserializeOwned;
+use upshift_common::config::{ConfigErrors, EX_USAGE, Loaded, ServerSettings, load_toml_partial};
 use upshift_common::server::{BoundServer, shutdown_signal};
 use upshift_common::telemetry::{TracingOptions, init_tracing};
 
@@ -75,6 +76,74 @@ pub fn run(command: ServeCommand) -> ExitCode {
         ServeCommand::Policy(args) => policy::run(args),
         ServeCommand::Lock(args) => lock::run(args),
         ServeCommand::Telemetry(args) => telemetry::run(args),
+    }
+}
+
+/// A `serve` subcommand's configuration being put together: the file (or
+/// the defaults), then flags and checks, every error kept for the end.
+#[derive(Debug)]
+pub struct FileConfig<T> {
+    /// The file's content without the keys it got wrong, or the defaults.
+    pub config: T,
+    /// Every problem so far.
+    pub errors: ConfigErrors,
+    /// Whether the file could be read at all; when it could not, checking
+    /// the defaults in its place would only add noise.
+    pub readable: bool,
+    file: Loaded<T>,
+}
+
+impl<T: DeserializeOwned> FileConfig<T> {
+    /// Reads `path` when given (every problem at once), else starts from
+    /// `default()`.
+    pub fn read(path: Option<&Path>, default: impl Fn() -> T) -> Self {
+        let mut file = match path {
+            Some(path) => load_toml_partial(path),
+            None => Loaded::of(default()),
+        };
+        let errors = std::mem::take(&mut file.errors);
+        let value = file.value.take();
+        Self {
+            readable: value.is_some(),
+            config: value.unwrap_or_else(default),
+            errors,
+            file,
+        }
+    }
+
+    /// Keeps the errors of a check, except those that only repeat a value
+    /// the file got wrong (it was left out, so the check saw it missing)
+    /// and those already recorded.
+    pub fn check<R>(&mut self, result: Result<R, ConfigErrors>) -> Option<R> {
+        match result {
+            Ok(value) => Some(value),
+            Err(errors) => {
+                // Checks may overlap (a service's own check may cover [server] too).
+                for error in self.file.validation_errors(errors).0 {
+                    if !self.errors.0.contains(&error) {
+                        self.errors.0.push(error);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Applies the common flags (`--listen`, `--data-dir`, ...) over the
+    /// file's `[server]`, after the service's default port.
+    pub fn merge_serve_args(
+        &mut self,
+        args: &upshift_common::config::ServeArgs,
+        port: u16,
+        server: impl Fn(&mut T) -> &mut ServerSettings,
+    ) {
+        apply_default_port(server(&mut self.config), args.config.as_deref(), port);
+        let merged = args.merge_into(server(&mut self.config).clone());
+        if let Some(merged) = self.check(merged) {
+            *server(&mut self.config) = merged;
+        }
+        let checked = server(&mut self.config).validate();
+        self.check(checked);
     }
 }
 

@@ -253,14 +253,87 @@ fn bad_configuration_exits_64_and_reports_every_error() -> Result<()> {
     let config = dir.path().join("graph.toml");
     std::fs::write(
         &config,
-        "bogus_key = 1\n[streams.stable]\ndir = \"/x\"\nreleases = \"https://example.org/r.json\"\n",
+        "\
+bogus_key = 1
+debounce = 5
+other_bogus = \"x\"
+[server]
+listen = 7401
+lisen = \"0.0.0.0:1\"
+[streams.stable]
+dir = \"/x\"
+releases = \"https://example.org/r.json\"
+",
     )?;
+    let missing = dir.path().join("no-such-metadata");
     let output = std::process::Command::new(upshift_integration::bin("upshift")?)
         .args(["serve", "graph", "--config"])
         .arg(&config)
+        .arg("--metadata")
+        .arg(&missing)
+        .args(["--listen", "notanaddr"])
         .output()?;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("bogus_key"), "{stderr}");
+    let file = config.display().to_string();
+    for planted in [
+        // Three unknown keys, with their lines.
+        format!("{file}:1: bogus_key: unknown field `bogus_key`"),
+        format!("{file}:3: other_bogus: unknown field `other_bogus`"),
+        format!("{file}:6: server.lisen: unknown field `lisen`"),
+        // Two type errors.
+        format!("{file}:2: debounce: invalid type: integer `5`"),
+        format!("{file}:5: server.listen: invalid type: integer `7401`"),
+        // Validation of what the file got right.
+        "streams.stable: `dir` and URLs are mutually exclusive".to_string(),
+        // Flags.
+        format!("--metadata: {}: cannot read directory", missing.display()),
+        "--listen: \"notanaddr\" is not an address".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&planted),
+            "{planted:?} missing from:\n{stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_flag_and_env_values_exit_64_help_and_version_exit_0() -> Result<()> {
+    let upshift = upshift_integration::bin("upshift")?;
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(&upshift);
+        command.args(args).env_remove("UPSHIFT_LISTEN");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output()
+    };
+    let flag = run(
+        &[
+            "serve",
+            "graph",
+            "--listen",
+            "notanaddr",
+            "--metadata",
+            "/x",
+        ],
+        &[],
+    )?;
+    assert_eq!(flag.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&flag.stderr).contains("--listen"));
+    let env = run(
+        &["serve", "graph", "--metadata", "/x"],
+        &[("UPSHIFT_LISTEN", "bad")],
+    )?;
+    assert_eq!(env.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&env.stderr).contains("\"bad\" is not an address"));
+    let unknown_flag = run(&["serve", "graph", "--no-such-flag"], &[])?;
+    assert_eq!(unknown_flag.status.code(), Some(64), "clap usage errors");
+    for ok in [&["--version"][..], &["serve", "graph", "--help"]] {
+        let out = run(ok, &[])?;
+        assert_eq!(out.status.code(), Some(0), "{ok:?}");
+        assert!(!out.stdout.is_empty());
+    }
     Ok(())
 }

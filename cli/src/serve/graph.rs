@@ -4,13 +4,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use upshift_common::clock::{SharedClock, SystemClock};
-use upshift_common::config::{ConfigErrors, ServeArgs, load_toml};
+use upshift_common::config::{ConfigErrors, ServeArgs};
 use upshift_common::server::{BoundServer, Readiness, ServiceHost};
 use upshift_common::telemetry::Metrics;
 use upshift_graph::GraphService;
 use upshift_graph::config::{DEFAULT_PORT, GraphConfig, ValidStream};
 
-use super::{HostArgs, apply_default_port, config_failure, host};
+use super::{FileConfig, HostArgs, config_failure, host};
 
 /// Flags of `upshift serve graph`.
 #[derive(Debug, Args)]
@@ -36,36 +36,21 @@ pub struct GraphArgs {
 
 /// Loads the configuration: file, then flags; every error at once.
 pub fn configure(args: &GraphArgs) -> Result<(GraphConfig, Vec<ValidStream>), ConfigErrors> {
-    let mut errors = ConfigErrors::new();
-    let mut config = match &args.serve.config {
-        Some(path) => load_toml::<GraphConfig>(path)?,
-        None => GraphConfig::default(),
-    };
-    apply_default_port(
-        &mut config.server,
-        args.serve.config.as_deref(),
-        DEFAULT_PORT,
-    );
-    match args.serve.merge_into(config.server.clone()) {
-        Ok(server) => config.server = server,
-        Err(e) => errors.extend(e),
-    }
+    let mut c = FileConfig::read(args.serve.config.as_deref(), GraphConfig::default);
+    c.merge_serve_args(&args.serve, DEFAULT_PORT, |c| &mut c.server);
     for value in &args.metadata {
-        if let Err(message) = config.add_metadata_flag(value, &args.streams) {
-            errors.push("--metadata", message);
+        if let Err(message) = c.config.add_metadata_flag(value, &args.streams) {
+            c.errors.push("--metadata", message);
         }
     }
-    if let Err(e) = config.server.validate() {
-        errors.extend(e);
-    }
-    let streams = match config.validate() {
-        Ok(streams) => streams,
-        Err(e) => {
-            errors.extend(e);
-            Vec::new()
+    let streams = match c.readable {
+        true => {
+            let checked = c.config.validate();
+            c.check(checked).unwrap_or_default()
         }
+        false => Vec::new(),
     };
-    errors.into_result((config, streams))
+    c.errors.into_result((c.config, streams))
 }
 
 /// Runs the graph service.

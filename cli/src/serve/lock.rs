@@ -4,13 +4,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use upshift_common::clock::{SharedClock, SystemClock};
-use upshift_common::config::{ConfigErrors, ServeArgs, load_toml};
+use upshift_common::config::{ConfigErrors, ServeArgs};
 use upshift_common::server::BoundServer;
 use upshift_common::telemetry::Metrics;
 use upshift_lock::config::DEFAULT_PORT;
 use upshift_lock::{LockConfig, LockSettings};
 
-use super::{HostArgs, StoreArgs, apply_default_port, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
 
 /// Flags of `upshift serve lock`.
 #[derive(Debug, Args)]
@@ -25,42 +25,26 @@ pub struct LockArgs {
 
 /// Loads the configuration: file, then flags; every error at once.
 pub fn configure(args: &LockArgs) -> Result<(LockConfig, LockSettings), ConfigErrors> {
-    let mut errors = ConfigErrors::new();
-    let mut config = match &args.serve.config {
-        Some(path) => load_toml::<LockConfig>(path)?,
+    let mut c = FileConfig::read(args.serve.config.as_deref(), || LockConfig {
         // Without a file, every valid group name gets one slot.
-        None => LockConfig {
-            default: Some(upshift_lock::config::GroupConfig {
-                slots: 1,
-                ..Default::default()
-            }),
+        default: Some(upshift_lock::config::GroupConfig {
+            slots: 1,
             ..Default::default()
-        },
-    };
-    apply_default_port(
-        &mut config.server,
-        args.serve.config.as_deref(),
-        DEFAULT_PORT,
-    );
-    match args.serve.merge_into(config.server.clone()) {
-        Ok(server) => config.server = server,
-        Err(e) => errors.extend(e),
-    }
-    args.store.merge_into(&mut config.store);
-    if let Err(e) = config.server.validate() {
-        errors.extend(e);
-    }
-    let settings = match config.validate() {
-        Ok(settings) => Some(settings),
-        Err(e) => {
-            errors.extend(e);
-            None
+        }),
+        ..Default::default()
+    });
+    c.merge_serve_args(&args.serve, DEFAULT_PORT, |c| &mut c.server);
+    args.store.merge_into(&mut c.config.store);
+    let settings = match c.readable {
+        true => {
+            let checked = c.config.validate();
+            c.check(checked)
         }
+        false => None,
     };
-    match (errors.into_result(()), settings) {
-        (Ok(()), Some(settings)) => Ok((config, settings)),
-        (Err(errors), _) => Err(errors),
-        (Ok(()), None) => unreachable!("validation failed without errors"),
+    match settings {
+        Some(settings) if c.errors.is_empty() => Ok((c.config, settings)),
+        _ => Err(c.errors),
     }
 }
 

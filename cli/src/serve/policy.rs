@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use clap::Args;
 use upshift_common::auth::AdminAuth;
 use upshift_common::clock::{SharedClock, SystemClock};
-use upshift_common::config::{ConfigErrors, ServeArgs, load_toml};
+use upshift_common::config::{ConfigErrors, ServeArgs};
 use upshift_common::server::BoundServer;
 use upshift_common::telemetry::Metrics;
 use upshift_policy::config::{DEFAULT_PORT, PolicyConfig};
 use upshift_policy::store::UpshiftStore;
 
-use super::{HostArgs, StoreArgs, apply_default_port, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
 
 /// Flags of `upshift serve policy`.
 #[derive(Debug, Args)]
@@ -29,34 +29,23 @@ pub struct PolicyArgs {
 
 /// Loads the configuration: file, then flags; every error at once.
 pub fn configure(args: &PolicyArgs) -> Result<PolicyConfig, ConfigErrors> {
-    let mut errors = ConfigErrors::new();
-    let mut config = match &args.serve.config {
-        Some(path) => load_toml::<PolicyConfig>(path)?,
-        None => PolicyConfig::default(),
-    };
-    apply_default_port(
-        &mut config.server,
-        args.serve.config.as_deref(),
-        DEFAULT_PORT,
-    );
-    match args.serve.merge_into(config.server.clone()) {
-        Ok(server) => config.server = server,
-        Err(e) => errors.extend(e),
-    }
-    args.store.merge_into(&mut config.store);
+    let mut c = FileConfig::read(args.serve.config.as_deref(), PolicyConfig::default);
+    c.merge_serve_args(&args.serve, DEFAULT_PORT, |c| &mut c.server);
+    args.store.merge_into(&mut c.config.store);
     if let Some(url) = &args.graph {
-        config.graph_url = Some(url.clone());
+        c.config.graph_url = Some(url.clone());
     }
-    if config.graph_url.is_none() {
-        errors.push(
-            "graph_url",
-            "the graph service to follow is needed (--graph URL or graph_url in the file)",
-        );
+    if c.readable {
+        if c.config.graph_url.is_none() {
+            c.errors.push(
+                "graph_url",
+                "the graph service to follow is needed (--graph URL or graph_url in the file)",
+            );
+        }
+        let checked = c.config.validate();
+        c.check(checked);
     }
-    if let Err(e) = config.validate() {
-        errors.extend(e);
-    }
-    errors.into_result(config)
+    c.errors.into_result(c.config)
 }
 
 /// Runs the policy service.

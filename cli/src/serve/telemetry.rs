@@ -4,13 +4,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use upshift_common::clock::{SharedClock, SystemClock};
-use upshift_common::config::{ConfigErrors, ServeArgs, load_toml};
+use upshift_common::config::{ConfigErrors, ServeArgs};
 use upshift_common::server::BoundServer;
 use upshift_common::telemetry::Metrics;
 use upshift_telemetry::config::DEFAULT_PORT;
 use upshift_telemetry::{TelemetryConfig, TelemetrySettings};
 
-use super::{HostArgs, StoreArgs, apply_default_port, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
 
 /// Flags of `upshift serve telemetry`.
 #[derive(Debug, Args)]
@@ -31,33 +31,22 @@ pub struct TelemetryArgs {
 pub fn configure(
     args: &TelemetryArgs,
 ) -> Result<(TelemetryConfig, TelemetrySettings), ConfigErrors> {
-    let mut errors = ConfigErrors::new();
-    let mut config = match &args.serve.config {
-        Some(path) => load_toml::<TelemetryConfig>(path)?,
-        None => TelemetryConfig::default(),
-    };
-    apply_default_port(
-        &mut config.server,
-        args.serve.config.as_deref(),
-        DEFAULT_PORT,
-    );
-    match args.serve.merge_into(config.server.clone()) {
-        Ok(server) => config.server = server,
-        Err(e) => errors.extend(e),
-    }
-    args.store.merge_into(&mut config.store);
+    let mut c = FileConfig::read(args.serve.config.as_deref(), TelemetryConfig::default);
+    c.merge_serve_args(&args.serve, DEFAULT_PORT, |c| &mut c.server);
+    args.store.merge_into(&mut c.config.store);
     if let Some(url) = &args.policy {
-        config.policy.url = Some(url.clone());
+        c.config.policy.url = Some(url.clone());
     }
-    if let Err(e) = config.server.validate() {
-        errors.extend(e);
-    }
-    match config.validate() {
-        Ok(settings) => errors.into_result((config, settings)),
-        Err(e) => {
-            errors.extend(e);
-            Err(errors)
+    let settings = match c.readable {
+        true => {
+            let checked = c.config.validate();
+            c.check(checked)
         }
+        false => None,
+    };
+    match settings {
+        Some(settings) if c.errors.is_empty() => Ok((c.config, settings)),
+        _ => Err(c.errors),
     }
 }
 

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+
+mod parse;
+
+pub use parse::{Loaded, load_toml, load_toml_partial, parse_toml, parse_toml_partial};
 
 /// Exit code for configuration and usage errors (sysexits `EX_USAGE`).
 pub const EX_USAGE: i32 = 64;
@@ -106,100 +109,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// Reads and deserializes a TOML file; every unknown key is reported with its path and line.
-pub fn load_toml<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T, ConfigErrors> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let mut errs = ConfigErrors::new();
-        errs.push("", format!("cannot read config file: {e}"));
-        errs.in_file(path)
-    })?;
-    parse_toml(&text).map_err(|e| e.in_file(path))
-}
-
-/// Deserializes TOML text, collecting all unknown keys before reporting other errors.
-pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
-    let mut errs = ConfigErrors::new();
-    match toml::from_str::<T>(text) {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            errs.0.push(toml_error(text, &e));
-            // Keep looking for further unknown keys by removing the reported one.
-            collect_more_unknown::<T>(text, &mut errs);
-            Err(errs)
-        }
-    }
-}
-
-/// Repeatedly removes the reported unknown key and re-parses, so all unknown keys show up at once.
-fn collect_more_unknown<T: DeserializeOwned>(text: &str, errs: &mut ConfigErrors) {
-    let mut current = text.to_string();
-    for _ in 0..64 {
-        let Some(last) = errs.0.last() else { return };
-        if !last.message.starts_with("unknown field") {
-            return;
-        }
-        let Some(line) = last.line else { return };
-        // Blank the offending line (keys are one per line in our configs).
-        let mut lines: Vec<&str> = current.lines().collect();
-        if line == 0 || line > lines.len() {
-            return;
-        }
-        lines[line - 1] = "";
-        current = lines.join("\n");
-        match toml::from_str::<T>(&current) {
-            Ok(_) => return,
-            Err(e) => {
-                let next = toml_error(&current, &e);
-                if next.line == Some(line) {
-                    return;
-                }
-                errs.0.push(next);
-            }
-        }
-    }
-}
-
-fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let key = line
-        .and_then(|l| text.lines().nth(l - 1))
-        .map(|l| l.split('=').next().unwrap_or("").trim().to_string())
-        .unwrap_or_default();
-    let message = e.message().trim().to_string();
-    let key = if message.starts_with("unknown field") {
-        section_path(text, line.unwrap_or(1), &key)
-    } else {
-        key
-    };
-    ConfigError {
-        file: None,
-        key,
-        line,
-        message,
-    }
-}
-
-/// Prefixes `key` with the `[table]` header in force at `line`.
-fn section_path(text: &str, line: usize, key: &str) -> String {
-    let header = text
-        .lines()
-        .take(line.saturating_sub(1))
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix('[')
-                .and_then(|l| l.strip_suffix(']'))
-                .map(|s| s.trim_matches(['[', ']']).trim().to_string())
-        })
-        .last();
-    match header {
-        Some(h) if !key.starts_with('[') => format!("{h}.{key}"),
-        _ => key.trim_matches(['[', ']']).to_string(),
-    }
-}
 
 /// Prints every error to stderr and exits with [`EX_USAGE`]; for binaries only.
 pub fn exit_on_config_errors<T>(result: Result<T, ConfigErrors>) -> T {
@@ -400,6 +309,8 @@ impl ServerSettings {
 }
 
 /// Common `serve` flags; each also readable from an `UPSHIFT_*` env var.
+/// Values are checked by [`ServeArgs::merge_into`], not by clap, so a bad
+/// one is reported together with every other configuration error.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML config file.
@@ -407,7 +318,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Listen address (gRPC and HTTP).
     #[arg(long, env = "UPSHIFT_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<String>,
     /// State directory.
     #[arg(long, env = "UPSHIFT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -427,16 +338,22 @@ pub struct ServeArgs {
     #[arg(long, env = "UPSHIFT_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// Log format.
-    #[arg(long, env = "UPSHIFT_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "UPSHIFT_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<String>,
 }
 
 impl ServeArgs {
     /// Overrides `file` settings with the flags and env vars given.
     pub fn merge_into(&self, mut s: ServerSettings) -> Result<ServerSettings, ConfigErrors> {
         let mut errs = ConfigErrors::new();
-        if let Some(v) = self.listen {
-            s.listen = v;
+        if let Some(v) = &self.listen {
+            match v.parse() {
+                Ok(addr) => s.listen = addr,
+                Err(_) => errs.push(
+                    "--listen",
+                    format!("{v:?} is not an address like 0.0.0.0:7401 or [::]:7401"),
+                ),
+            }
         }
         if let Some(v) = &self.data_dir {
             s.data_dir = v.clone();
@@ -468,8 +385,11 @@ impl ServeArgs {
         if let Some(v) = &self.otlp_endpoint {
             s.otlp_endpoint = Some(v.clone());
         }
-        if let Some(v) = self.log_format {
-            s.log_format = v;
+        if let Some(v) = &self.log_format {
+            match <LogFormat as clap::ValueEnum>::from_str(v, true) {
+                Ok(format) => s.log_format = format,
+                Err(_) => errs.push("--log-format", format!("{v:?} is not `text` or `json`")),
+            }
         }
         errs.into_result(s)
     }
