@@ -32,9 +32,13 @@ pub enum SourceError {
         /// The selector's `max_bytes`.
         limit: u64,
     },
-    /// The stream ended in the middle of a line.
-    #[error("the exposition is incomplete (it does not end with a newline)")]
-    Incomplete,
+    /// The exposition stopped before its end: a text exposition in the
+    /// middle of a line, an OpenMetrics one before `# EOF`.
+    #[error("the exposition is incomplete (it does not end with {expected})")]
+    Incomplete {
+        /// What a whole exposition ends with.
+        expected: &'static str,
+    },
     /// An HTTP source answered with a non-2xx status.
     #[error("{target} answered HTTP {status}")]
     HttpStatus {
@@ -104,7 +108,7 @@ pub enum Reason {
     Read,
     /// Larger than `max_bytes`.
     TooLarge,
-    /// Ended mid-line.
+    /// Ended before the format's end (mid-line, or before `# EOF`).
     Incomplete,
     /// Non-2xx from an HTTP source.
     HttpStatus,
@@ -169,7 +173,7 @@ impl SourceError {
             }
             SourceError::Read { .. } => Reason::Read,
             SourceError::TooLarge { .. } => Reason::TooLarge,
-            SourceError::Incomplete => Reason::Incomplete,
+            SourceError::Incomplete { .. } => Reason::Incomplete,
             SourceError::HttpStatus { .. } => Reason::HttpStatus,
             SourceError::Http { .. } => Reason::Protocol,
             SourceError::DbusConnect { .. }

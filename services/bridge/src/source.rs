@@ -142,6 +142,56 @@ fn plain(body: Bytes) -> Exposition {
 fn require_complete(body: &[u8]) -> Result<(), SourceError> {
     match body.last() {
         None | Some(b'\n') => Ok(()),
-        Some(_) => Err(SourceError::Incomplete),
+        Some(_) => Err(SourceError::Incomplete {
+            expected: "a newline",
+        }),
+    }
+}
+
+/// Rejects an OpenMetrics exposition without its closing `# EOF` line (the
+/// format's end marker; the newline after it is optional), so a body cut
+/// anywhere, even between lines, is caught.
+fn require_openmetrics_eof(body: &[u8]) -> Result<(), SourceError> {
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    let last_line = body.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+    if last_line == b"# EOF" {
+        Ok(())
+    } else {
+        Err(SourceError::Incomplete {
+            expected: "`# EOF`",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_must_end_with_eof() {
+        for whole in ["# EOF", "# EOF\n", "a 1\n# EOF\n", "a 1\n# EOF"] {
+            assert!(
+                require_openmetrics_eof(whole.as_bytes()).is_ok(),
+                "{whole:?}"
+            );
+        }
+        for cut in [
+            "",
+            "a 1\n",
+            "a 1\n# EO",
+            "a 1 # EOF\n",
+            "# EOF\n\n",
+            "# EOF\na 1\n",
+        ] {
+            let error = require_openmetrics_eof(cut.as_bytes()).unwrap_err();
+            assert_eq!(error.reason(), crate::error::Reason::Incomplete, "{cut:?}");
+        }
+    }
+
+    #[test]
+    fn text_must_end_with_a_newline() {
+        assert!(require_complete(b"").is_ok());
+        assert!(require_complete(b"a 1\n").is_ok());
+        assert!(require_complete(b"a 1\nb").is_err());
     }
 }

@@ -260,3 +260,80 @@ async fn http_over_a_unix_socket() {
     let (status, _, body) = bridge.scrape("fail").await;
     assert_eq!(status, 502, "{body}");
 }
+
+/// Bodies that end before the exposition does are `502`, whatever the
+/// framing: no `Content-Length` and `Connection: close` (the end is the
+/// close, so the text must end with a newline and OpenMetrics with `# EOF`),
+/// or fewer bytes than the declared `Content-Length` before a clean close.
+#[tokio::test]
+async fn a_body_that_ends_early_is_502() {
+    let close_text = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
+    let close_om = "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0\r\n\
+                    Connection: close\r\n\r\n";
+    let mid_line = serve_broken(close_text, b"cut_metric_a 1\ncut_metric_b 2", false).await;
+    let no_eof = serve_broken(
+        close_om,
+        b"# TYPE cut_metric_a gauge\ncut_metric_a 1\n",
+        false,
+    )
+    .await;
+    let short = serve_broken(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n",
+        b"cut_metric_a 1\ncut_metric_b 2\n",
+        false,
+    )
+    .await;
+    let config = http_selector("mid_line", &format!("http://{mid_line}/metrics"), "")
+        + &http_selector("no_eof", &format!("http://{no_eof}/metrics"), "")
+        + &http_selector("short", &format!("http://{short}/metrics"), "");
+    let bridge = Bridge::start(&config).await;
+    for (selector, reason, needle) in [
+        ("mid_line", "incomplete", "does not end with a newline"),
+        ("no_eof", "incomplete", "does not end with `# EOF`"),
+        ("short", "protocol", "HTTP exchange with"),
+    ] {
+        let (status, _, body) = bridge.scrape(selector).await;
+        assert_eq!(status, 502, "{selector}: {body}");
+        assert!(body.contains(needle), "{selector}: {body}");
+        assert!(!body.contains("_metric"), "{selector} leaked: {body}");
+        let metrics = bridge.metrics().await;
+        let labels = [("selector", selector), ("reason", reason)];
+        assert_eq!(
+            sample(&metrics, "upshift_bridge_scrape_errors_total", &labels),
+            Some(1.0),
+            "{selector}"
+        );
+    }
+}
+
+/// Close-delimited bodies that are whole pass: text ending with a newline,
+/// OpenMetrics ending with `# EOF` (its final newline is optional).
+#[tokio::test]
+async fn whole_close_delimited_bodies_pass() {
+    let text = serve_broken(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\r\n",
+        b"close_metric_a 1\nclose_metric_b 2\n",
+        false,
+    )
+    .await;
+    let om = serve_broken(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0\r\n\
+         Connection: close\r\n\r\n",
+        b"# TYPE close_metric gauge\nclose_metric 1\n# EOF",
+        false,
+    )
+    .await;
+    let config = http_selector("text", &format!("http://{text}/metrics"), "")
+        + &http_selector("om", &format!("http://{om}/metrics"), "");
+    let bridge = Bridge::start(&config).await;
+    let (status, _, body) = bridge.scrape("text").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "close_metric_a 1\nclose_metric_b 2\n")
+    );
+    let (status, _, body) = bridge.scrape("om").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "# TYPE close_metric gauge\nclose_metric 1\n# EOF")
+    );
+}

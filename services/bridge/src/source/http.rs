@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::{Exposition, HttpTarget, ScrapeRequest};
+use super::{Exposition, HttpTarget, ScrapeRequest, require_complete, require_openmetrics_eof};
 use crate::config::Limits;
 use crate::error::SourceError;
 
@@ -123,6 +123,13 @@ where
         .map_err(protocol)?;
     let openmetrics_type = check_head(&response, limits, url)?;
     let body = read_body(response.into_body(), limits, url).await?;
+    // A body without framing (no length, not chunked) ends when the source
+    // closes, cut or not: the format's own end is checked on every body.
+    if openmetrics_type.is_some() {
+        require_openmetrics_eof(&body)?;
+    } else {
+        require_complete(&body)?;
+    }
     Ok(Exposition {
         body,
         openmetrics_type,
