@@ -6,7 +6,7 @@
 //! stale_after = "15m"          # no report for this long: stale
 //! drop_after = "24h"           # no report for this long: dropped
 //! watch_coalesce = "1s"        # WatchFleet sends at most one summary per interval
-//! max_label_values = 50        # per metric label dimension; beyond: "other"
+//! max_label_values = 50        # named values per label dimension at a time; the rest: "other"
 //!
 //! [store]                      # embedded (default) or etcd; see upshift_store::settings
 //!
@@ -154,7 +154,7 @@ pub struct TelemetrySettings {
     pub drop_after: Duration,
     /// WatchFleet coalescing interval.
     pub watch_coalesce: Duration,
-    /// Label values kept per dimension.
+    /// Label values named at a time per dimension (see `metrics::budget`).
     pub max_label_values: usize,
     /// Policy client; `None`: automatic halts off.
     pub policy: Option<PolicySettings>,

@@ -1,9 +1,11 @@
 //! Fleet metrics (OpenTelemetry instruments rendered by upshift-common's
 //! `Metrics` on `/metrics`). Label values come from agent reports, so each
-//! dimension keeps at most `max_label_values` distinct values for the life
-//! of the process; later values are exported as `other`. No node ids.
+//! dimension names at most `max_label_values` values at a time (see
+//! [`budget`]): versions and groups are named again at each collection, the
+//! ones with the most hosts in the view first, so versions that left the
+//! fleet free their slot; the rest are `other`. No node ids.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,39 +16,18 @@ use upshift_common::clock::SharedClock;
 use crate::fleet::{Fleet, duration_ms};
 use crate::record::{AttemptEvent, epoch_ms, state_name};
 
-/// The label value used once a dimension is full.
-pub const OTHER: &str = "other";
+pub mod budget;
 
-/// Caps the distinct values of each label dimension.
-#[derive(Debug)]
-pub struct LabelBudget {
-    cap: usize,
-    seen: Mutex<HashMap<&'static str, HashSet<String>>>,
-}
+pub use budget::{LabelBudget, OTHER, Tally};
 
-impl LabelBudget {
-    /// At most `cap` values per dimension.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            seen: Mutex::default(),
-        }
-    }
-
-    /// `value` if it is known or fits, else [`OTHER`].
-    pub fn label(&self, dim: &'static str, value: &str) -> String {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let set = seen.entry(dim).or_default();
-        if set.contains(value) {
-            return value.to_string();
-        }
-        if set.len() < self.cap {
-            set.insert(value.to_string());
-            return value.to_string();
-        }
-        OTHER.to_string()
-    }
-}
+/// Labels of the attempts counter (label, budget dimension).
+const ATTEMPT_KEYS: &[(&str, &str)] = &[("stream", "stream"), ("target_version", "version")];
+/// Labels of the failures counter.
+const FAILURE_KEYS: &[(&str, &str)] = &[
+    ("stream", "stream"),
+    ("target_version", "version"),
+    ("error_kind", "error_kind"),
+];
 
 /// Instruments of the telemetry service.
 #[derive(Debug, Clone)]
@@ -54,8 +35,8 @@ pub struct TelemetryMetrics {
     meter: Meter,
     budget: Arc<LabelBudget>,
     reports: Counter<u64>,
-    attempts: Counter<u64>,
-    failures: Counter<u64>,
+    attempts: Arc<Tally>,
+    failures: Arc<Tally>,
     errors: Counter<u64>,
     staged_to_steady: Histogram<f64>,
     store_errors: Counter<u64>,
@@ -65,22 +46,14 @@ pub struct TelemetryMetrics {
 impl TelemetryMetrics {
     /// Creates the instruments on `meter`.
     pub fn new(meter: Meter, max_label_values: usize) -> Self {
-        Self {
+        let m = Self {
             budget: Arc::new(LabelBudget::new(max_label_values)),
             reports: meter
                 .u64_counter("upshift_telemetry_reports")
                 .with_description("Agent reports received, by result.")
                 .build(),
-            attempts: meter
-                .u64_counter("upshift_telemetry_update_attempts")
-                .with_description("Update attempts started, by stream and target version.")
-                .build(),
-            failures: meter
-                .u64_counter("upshift_telemetry_update_failures")
-                .with_description(
-                    "Update attempts failed (release failure kinds only), by stream, target version and error kind.",
-                )
-                .build(),
+            attempts: Arc::new(Tally::new(ATTEMPT_KEYS)),
+            failures: Arc::new(Tally::new(FAILURE_KEYS)),
             errors: meter
                 .u64_counter("upshift_telemetry_agent_errors")
                 .with_description(
@@ -104,7 +77,31 @@ impl TelemetryMetrics {
                 .with_description("PauseRollout calls to the policy service, by result.")
                 .build(),
             meter,
-        }
+        };
+        m.observe_tally(
+            "upshift_telemetry_update_attempts",
+            "Update attempts started, by stream and target version.",
+            m.attempts.clone(),
+        );
+        m.observe_tally(
+            "upshift_telemetry_update_failures",
+            "Update attempts failed (release failure kinds only), by stream, target version and error kind.",
+            m.failures.clone(),
+        );
+        m
+    }
+
+    fn observe_tally(&self, name: &'static str, description: &'static str, tally: Arc<Tally>) {
+        let budget = self.budget.clone();
+        self.meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                for (attrs, n) in tally.export(&budget) {
+                    o.observe(n, &attrs);
+                }
+            })
+            .build();
     }
 
     /// Counts one report.
@@ -127,13 +124,9 @@ impl TelemetryMetrics {
         let b = &self.budget;
         for e in events {
             match e {
-                AttemptEvent::Started { stream, version } => self.attempts.add(
-                    1,
-                    &[
-                        KeyValue::new("stream", b.label("stream", stream)),
-                        KeyValue::new("target_version", b.label("version", version)),
-                    ],
-                ),
+                AttemptEvent::Started { stream, version } => {
+                    self.attempts.add(b, &[stream, version]);
+                }
                 AttemptEvent::ErrorReported { stream, kind } => self.errors.add(
                     1,
                     &[
@@ -145,14 +138,7 @@ impl TelemetryMetrics {
                     stream,
                     version,
                     kind,
-                } => self.failures.add(
-                    1,
-                    &[
-                        KeyValue::new("stream", b.label("stream", stream)),
-                        KeyValue::new("target_version", b.label("version", version)),
-                        KeyValue::new("error_kind", b.label("error_kind", kind)),
-                    ],
-                ),
+                } => self.failures.add(b, &[stream, version, kind]),
                 AttemptEvent::Steady {
                     stream,
                     staged_for: Some(d),
@@ -175,26 +161,16 @@ impl TelemetryMetrics {
 
     fn observe_hosts(&self, fleet: Arc<Mutex<Fleet>>, clock: SharedClock, stale_after: Duration) {
         let budget = self.budget.clone();
-        let f = fleet;
-        let c = clock;
         self.meter
             .u64_observable_gauge("upshift_telemetry_hosts")
             .with_description("Fresh hosts by stream, booted version, state and group.")
             .with_callback(move |o| {
-                let cutoff = epoch_ms(c.now()).saturating_sub(duration_ms(stale_after));
-                let mut counts: BTreeMap<[String; 4], u64> = BTreeMap::new();
-                let fleet = f.lock().unwrap_or_else(|p| p.into_inner());
-                for h in fleet.hosts().filter(|h| h.last_seen_ms > cutoff) {
-                    let s = &h.status;
-                    let key = [
-                        budget.label("stream", &s.stream),
-                        budget.label("version", &s.booted_version),
-                        state_name(s.state()).to_string(),
-                        budget.label("group", &s.group),
-                    ];
-                    *counts.entry(key).or_default() += 1;
-                }
-                drop(fleet);
+                let cutoff = epoch_ms(clock.now()).saturating_sub(duration_ms(stale_after));
+                let counts = {
+                    let fleet = fleet.lock().unwrap_or_else(|p| p.into_inner());
+                    rerank(&budget, &fleet);
+                    host_counts(&budget, &fleet, cutoff)
+                };
                 for ([stream, version, state, group], n) in counts {
                     o.observe(
                         n,
@@ -262,33 +238,39 @@ impl TelemetryMetrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_capped_per_dimension() {
-        let b = LabelBudget::new(2);
-        assert_eq!(b.label("version", "1"), "1");
-        assert_eq!(b.label("version", "2"), "2");
-        assert_eq!(b.label("version", "3"), OTHER);
-        assert_eq!(b.label("version", "1"), "1", "known values stay");
-        assert_eq!(b.label("group", "3"), "3", "dimensions are separate");
+/// Names versions and groups again from the view (once per collection: the
+/// hosts gauge's callback). A version's weight is the hosts booted on it
+/// plus the hosts working towards it, stale hosts included until dropped.
+fn rerank(budget: &LabelBudget, fleet: &Fleet) {
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut groups: HashMap<&str, u64> = HashMap::new();
+    for h in fleet.hosts() {
+        let s = &h.status;
+        *versions.entry(&s.booted_version).or_default() += 1;
+        if !s.target_version.is_empty() && s.target_version != s.booted_version {
+            *versions.entry(&s.target_version).or_default() += 1;
+        }
+        *groups.entry(&s.group).or_default() += 1;
     }
-
-    #[test]
-    fn events_become_bounded_series() {
-        let m = upshift_common::telemetry::Metrics::new("t");
-        let tm = TelemetryMetrics::new(m.meter(), 1);
-        let failed = |v: &str| AttemptEvent::Failed {
-            stream: "stable".into(),
-            version: v.into(),
-            kind: "staging-failed".into(),
-        };
-        tm.attempt_events(&[failed("1"), failed("2"), failed("3")]);
-        let text = m.render();
-        assert!(text.contains(r#"target_version="1""#), "{text}");
-        assert!(text.contains(r#"target_version="other""#), "{text}");
-        assert!(!text.contains(r#"target_version="2""#), "{text}");
-    }
+    budget.rerank("version", &versions);
+    budget.rerank("group", &groups);
 }
+
+/// Fresh hosts (seen after `cutoff`) by stream, version, state and group labels.
+fn host_counts(budget: &LabelBudget, fleet: &Fleet, cutoff: u64) -> BTreeMap<[String; 4], u64> {
+    let mut counts: BTreeMap<[String; 4], u64> = BTreeMap::new();
+    for h in fleet.hosts().filter(|h| h.last_seen_ms > cutoff) {
+        let s = &h.status;
+        let key = [
+            budget.label("stream", &s.stream),
+            budget.label("version", &s.booted_version),
+            state_name(s.state()).to_string(),
+            budget.label("group", &s.group),
+        ];
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests;
