@@ -9,7 +9,7 @@ use upshift_proto::policy::v1 as pb;
 use upshift_proto::policy::v1::rollout_admin_service_client::RolloutAdminServiceClient;
 
 use super::client::{CommonArgs, Conn, DEFAULT_POLICY_URL, Exit, OpsError, Options};
-use super::render::{Table, emit, percent, timestamp, yes_no};
+use super::render::{Table, emit, percent, timestamp};
 
 /// Flags of `upshift rollout`.
 #[derive(Debug, Args)]
@@ -32,8 +32,9 @@ enum RolloutCommand {
         #[arg(long)]
         stream: Option<String>,
     },
-    /// Hold a rollout's throttle where it is (admin).
-    Pause(Change),
+    /// Hold a rollout's throttle where it is, or with --withdraw offer the
+    /// release to no one (admin).
+    Pause(PauseChange),
     /// Continue a paused rollout from the value it was held at (admin).
     Resume(Change),
     /// Stop every update of a stream (admin).
@@ -52,6 +53,16 @@ struct Change {
     /// Why (recorded in the audit log).
     #[arg(long)]
     reason: String,
+}
+
+#[derive(Debug, Args)]
+struct PauseChange {
+    #[command(flatten)]
+    change: Change,
+    /// Offer the release to no node until resumed, not even to the nodes
+    /// already eligible (what an automatic halt does).
+    #[arg(long)]
+    withdraw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -85,12 +96,21 @@ pub async fn run(args: RolloutArgs) -> Result<Exit, OpsError> {
             let view = list_view(&response);
             emit(format, &view, render_list)?;
         }
-        RolloutCommand::Pause(c) => {
+        RolloutCommand::Pause(PauseChange {
+            change: c,
+            withdraw,
+        }) => {
+            let mode = if withdraw {
+                pb::PauseMode::Withdraw
+            } else {
+                pb::PauseMode::Hold
+            };
             let response = client
                 .pause_rollout(conn.request(pb::PauseRolloutRequest {
                     stream: c.stream,
                     version: c.version,
                     reason: c.reason,
+                    mode: mode as i32,
                 }))
                 .await
                 .map_err(fail)?
@@ -159,6 +179,8 @@ struct RolloutView {
     end: Option<String>,
     start_value: f64,
     paused: bool,
+    /// `hold` or `withdraw` while paused.
+    pause_mode: Option<&'static str>,
     pause_reason: Option<String>,
     paused_at: Option<String>,
 }
@@ -196,6 +218,11 @@ fn rollout_view(r: &pb::Rollout) -> RolloutView {
         end: timestamp(r.end.as_ref()),
         start_value: r.start_value,
         paused: r.paused,
+        pause_mode: match r.pause_mode() {
+            _ if !r.paused => None,
+            pb::PauseMode::Withdraw => Some("withdraw"),
+            _ => Some("hold"),
+        },
         pause_reason: (!r.pause_reason.is_empty()).then(|| r.pause_reason.clone()),
         paused_at: timestamp(r.paused_at.as_ref()),
     }
@@ -232,7 +259,12 @@ fn rollout_table(rollouts: &[RolloutView]) -> Table {
                 other => other.unwrap_or_default().to_string(),
             },
             r.end.clone().unwrap_or_default(),
-            yes_no(r.paused),
+            match r.pause_mode {
+                Some("withdraw") => "withdrawn",
+                Some(_) => "held",
+                None => "no",
+            }
+            .to_string(),
             r.pause_reason.clone().unwrap_or_default(),
         ]);
     }

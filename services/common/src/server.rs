@@ -1,5 +1,6 @@
 //! One listener per service: gRPC and HTTP on one port, built-in health, readiness, metrics, reflection.
 
+mod coalesce;
 mod metrics_layer;
 mod readiness;
 mod tls;
@@ -365,6 +366,19 @@ async fn set_health(reporter: &HealthReporter, names: &[String], status: Serving
     }
 }
 
+/// Which accepted connection a request came over, as a request extension:
+/// lets a service order work by connection (the policy service wakes the
+/// hint streams of one connection together, so their frames share writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl ConnectionId {
+    fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// One accepted TCP connection.
 struct Connection {
     router: Router,
@@ -376,10 +390,13 @@ struct Connection {
 impl Connection {
     async fn run(self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let stream = coalesce::Coalesced::new(stream);
         match &self.acceptor {
             None => self.serve_io(TokioIo::new(stream), None).await,
             Some(acceptor) => match acceptor.accept(stream).await {
-                Ok(tls) => {
+                Ok(mut tls) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    tls.get_mut().0.set_batching(h2);
                     let identity = tls::peer_identity(tls.get_ref().1);
                     self.serve_io(TokioIo::new(tls), identity).await;
                 }
@@ -392,12 +409,14 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let conn_id = ConnectionId::next();
         let svc = self
             .router
             .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                 if let Some(id) = &identity {
                     req.extensions_mut().insert(id.clone());
                 }
+                req.extensions_mut().insert(conn_id);
                 req.map(axum::body::Body::new)
             });
         let svc = hyper_util::service::TowerToHyperService::new(svc);

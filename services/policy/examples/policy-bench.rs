@@ -95,7 +95,10 @@ async fn serve() -> anyhow::Result<()> {
         .get(&key())
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no view"))?;
-    let body = view.variant(0).body.clone();
+    let body = view
+        .variant(upshift_policy::state::VariantKey::Hidden(Default::default()))
+        .body
+        .clone();
     let fixed = axum::Router::new().route(
         "/static",
         axum::routing::get(move || {
@@ -262,7 +265,7 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
     let per_stream = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / streams as f64;
     println!("server RSS {rss_before} KiB -> {rss_after} KiB: {per_stream:.0} bytes per stream");
 
-    // Fleet-wide change: pause the rollout every stream's target belongs to.
+    // Fleet-wide change: withdraw the rollout every stream's target belongs to.
     let mut admin =
         pb::rollout_admin_service_client::RolloutAdminServiceClient::new(channels[0].clone());
     let target = fixture_graph()?.nodes()[50].version.clone();
@@ -270,6 +273,7 @@ async fn bench(base: &str, pid: u32, streams: usize, secs: u64) -> anyhow::Resul
         stream: "stable".into(),
         version: target,
         reason: "bench".into(),
+        mode: pb::PauseMode::Withdraw as i32,
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse()?);

@@ -47,11 +47,14 @@ impl Control {
         }
     }
 
-    /// Pauses a rollout (idempotent: an existing pause is kept).
+    /// Pauses a rollout, holding its throttle or (`withdraw`) offering it
+    /// to no one. Idempotent: an existing pause is kept, though a hold
+    /// becomes a withdrawal when asked.
     pub async fn pause(
         &self,
         stream: &str,
         version: &str,
+        withdraw: bool,
         reason: &str,
         actor: &str,
     ) -> Result<RolloutOverride, StoreError> {
@@ -60,11 +63,17 @@ impl Control {
             .rollout(stream, version)
             .cloned()
             .unwrap_or_default();
-        if rec.paused.is_some() {
-            return Ok(rec);
+        let action = match (&rec.paused, rec.withdrawn, withdraw) {
+            (None, _, false) => "pause",
+            (None, _, true) => "withdraw",
+            (Some(_), false, true) => "withdraw",
+            (Some(_), _, _) => return Ok(rec),
+        };
+        if rec.paused.is_none() {
+            rec.paused = Some(self.mark(reason, actor));
         }
-        rec.paused = Some(self.mark(reason, actor));
-        self.write_rollout(stream, version, &rec, "pause", reason, actor)
+        rec.withdrawn = withdraw;
+        self.write_rollout(stream, version, &rec, action, reason, actor)
             .await?;
         Ok(rec)
     }
@@ -88,6 +97,7 @@ impl Control {
         let m = self.mark(reason, actor);
         rec.paused_total += (m.at - p.at).max(0.0);
         rec.resumed = Some(m);
+        rec.withdrawn = false;
         self.write_rollout(stream, version, &rec, "resume", reason, actor)
             .await?;
         Ok(rec)

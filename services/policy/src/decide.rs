@@ -1,5 +1,15 @@
 //! The pure per-node decision: no I/O, time passed in.
+//!
+//! A [`Decider`] holds what every node of one scope shares at one instant
+//! (each rollout's throttle, pauses, the freeze) and memoizes the graph walk
+//! by the inputs it depends on: booted payload, deny list, downgrade flag and
+//! which rollout nodes the node's wariness hides. Re-deciding a whole fleet
+//! after a change is then one walk per distinct class plus a little
+//! arithmetic per node.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -9,7 +19,7 @@ use upshift_common::clock::from_epoch_secs;
 use upshift_common::grpc::timestamp;
 use upshift_proto::policy::v1 as pb;
 
-use crate::overrides::Overrides;
+use crate::overrides::{Mark, Overrides};
 use crate::state::{HiddenMask, ScopeView};
 
 #[cfg(test)]
@@ -25,7 +35,8 @@ pub fn wariness(explicit: Option<f64>, node_uuid: &str) -> f64 {
     }
 }
 
-/// The throttle of a rollout node now, with overrides applied.
+/// The throttle of a rollout node now, with overrides applied (a paused
+/// rollout's throttle is held at its value when paused).
 pub fn throttle(
     view: &ScopeView,
     spec: &RolloutSpec,
@@ -36,29 +47,358 @@ pub fn throttle(
     spec.throttle_at(o.effective_now(&view.key.stream, version, now))
 }
 
-/// The rollout nodes hidden from a client of `wariness` at `now`: paused
-/// rollouts, and rollouts whose throttle is below the wariness.
+/// The rollout nodes hidden from a client of `wariness` at `now`: withdrawn
+/// rollouts, and rollouts whose (possibly held) throttle is below it.
 pub fn hidden_mask(view: &ScopeView, wariness: f64, o: &Overrides, now: SystemTime) -> HiddenMask {
-    let mut mask = 0;
-    for (p, r) in view.rollouts.iter().enumerate().take(128) {
-        let paused = o.pause(&view.key.stream, &r.version).is_some();
-        if paused || wariness > throttle(view, &r.spec, &r.version, o, now) {
-            mask |= 1 << p;
-        }
-    }
-    mask
+    Decider::new(view, o, now).hidden(wariness)
 }
 
-/// Real instant a node of `wariness` starts to see rollout node `i`, when
-/// the throttle is running (not paused) and will open.
-fn opens_at(view: &ScopeView, i: u32, wariness: f64, o: &Overrides) -> Option<SystemTime> {
-    let r = view.rollout(i)?;
-    if o.pause(&view.key.stream, &r.version).is_some() {
-        return None;
+/// One decision: the hint's decision, and when the answer can next change
+/// from the passage of time alone.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The decision, shared by every node of the same class.
+    pub decision: Arc<pb::update_hint::Decision>,
+    /// Resume token of (wariness, decision).
+    pub token: Token,
+    /// Next instant the answer may change by itself.
+    pub next: Option<SystemTime>,
+}
+
+/// An opaque resume token: a hash of a hint's decision and wariness (not of
+/// the revision or decision time, so an unchanged answer keeps its token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Token([u8; 10]);
+
+impl Token {
+    /// The token as sent on the wire (hex).
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
     }
-    let at = r.spec.eligible_at(wariness)? + o.offset(&view.key.stream, &r.version);
-    // One microsecond past the float instant so the throttle is open there.
-    Some(from_epoch_secs(at) + Duration::from_micros(1))
+
+    /// Parses a token's wire form; anything else (an empty or foreign
+    /// token) is `None`.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut t = [0u8; 10];
+        hex::decode_to_slice(s, &mut t).ok()?;
+        Some(Self(t))
+    }
+}
+
+/// Per-rollout facts at the decider's instant, by position in `view.rollouts`.
+#[derive(Debug, Clone)]
+struct RolloutNow<'a> {
+    throttle: f64,
+    pause: Option<&'a Mark>,
+    withdrawn: bool,
+}
+
+/// The memo key: everything the graph walk depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClassKey<'i> {
+    booted: &'i str,
+    denied: &'i [String],
+    allow_downgrade: bool,
+    throttled: HiddenMask,
+}
+
+impl ClassKey<'_> {
+    fn hash64(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, k: &OwnedKey) -> bool {
+        *self.booted == *k.booted
+            && *self.denied == *k.denied
+            && self.allow_downgrade == k.allow_downgrade
+            && self.throttled == k.throttled
+    }
+
+    fn to_owned_key(&self) -> OwnedKey {
+        OwnedKey {
+            booted: self.booted.to_owned(),
+            denied: self.denied.to_vec(),
+            allow_downgrade: self.allow_downgrade,
+            throttled: self.throttled.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OwnedKey {
+    booted: String,
+    denied: Vec<String>,
+    allow_downgrade: bool,
+    throttled: HiddenMask,
+}
+
+/// Memoized graph walks for one scope view under one set of overrides.
+/// Valid at any instant: time enters a walk only through the throttled set,
+/// which is part of the key. Decisions come out shared (`Arc`), so a fleet
+/// of nodes in one class holds one copy.
+#[derive(Debug, Default)]
+pub struct Memo {
+    buckets: HashMap<u64, Vec<(OwnedKey, Class)>>,
+}
+
+impl Memo {
+    /// Number of classes walked.
+    pub fn len(&self) -> usize {
+        self.buckets.values().map(Vec::len).sum()
+    }
+
+    /// Whether nothing has been walked.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// The memoized part of a decision for one class.
+#[derive(Debug, Clone)]
+enum Shape {
+    /// The same decision for every node of the class, with its digest.
+    Fixed(Arc<pb::update_hint::Decision>, [u8; 32]),
+    /// Throttled: the instant comes from each node's own wariness; with none,
+    /// `fallback` is the answer.
+    Throttled(Arc<pb::update_hint::Decision>, [u8; 32]),
+}
+
+#[derive(Debug, Clone)]
+struct Class {
+    shape: Shape,
+    /// Successors of the booted node hidden by throttling and not paused:
+    /// the rollouts whose opening changes the answer.
+    opening: Vec<u32>,
+}
+
+/// Decides for the nodes of one scope at one instant.
+#[derive(Debug)]
+pub struct Decider<'v> {
+    view: &'v ScopeView,
+    o: &'v Overrides,
+    now: SystemTime,
+    frozen: Option<&'v Mark>,
+    rollouts: Vec<RolloutNow<'v>>,
+}
+
+impl<'v> Decider<'v> {
+    /// Computes the shared facts of `view` at `now`.
+    pub fn new(view: &'v ScopeView, o: &'v Overrides, now: SystemTime) -> Self {
+        let stream = &view.key.stream;
+        let rollouts = view
+            .rollouts
+            .iter()
+            .map(|r| {
+                let rec = o.rollout(stream, &r.version);
+                let pause = rec.and_then(|rec| rec.paused.as_ref());
+                RolloutNow {
+                    throttle: throttle(view, &r.spec, &r.version, o, now),
+                    pause,
+                    withdrawn: pause.is_some() && rec.is_some_and(|rec| rec.withdrawn),
+                }
+            })
+            .collect();
+        Self {
+            view,
+            o,
+            now,
+            frozen: o.freezes.get(stream),
+            rollouts,
+        }
+    }
+
+    /// The rollout nodes hidden from a client of `w` (for `/v1/graph`).
+    pub fn hidden(&self, w: f64) -> HiddenMask {
+        let mut mask = HiddenMask::default();
+        for (p, r) in self.rollouts.iter().enumerate() {
+            if r.withdrawn || w > r.throttle {
+                mask.set(p);
+            }
+        }
+        mask
+    }
+
+    fn throttled(&self, w: f64) -> HiddenMask {
+        let mut mask = HiddenMask::default();
+        for (p, r) in self.rollouts.iter().enumerate() {
+            if w > r.throttle {
+                mask.set(p);
+            }
+        }
+        mask
+    }
+
+    fn at(&self, i: u32) -> Option<&RolloutNow<'v>> {
+        self.view
+            .rollout_pos
+            .get(&i)
+            .and_then(|&p| self.rollouts.get(p))
+    }
+
+    /// Decides for `id` whose wariness is `w`; `memo` must belong to this
+    /// decider's view and overrides.
+    pub fn decide(&self, memo: &mut Memo, id: &pb::NodeIdentity, w: f64) -> Decided {
+        let key = ClassKey {
+            booted: &id.booted_payload,
+            denied: &id.denied_versions,
+            allow_downgrade: id.allow_downgrade,
+            throttled: self.throttled(w),
+        };
+        let bucket = memo.buckets.entry(key.hash64()).or_default();
+        let pos = match bucket.iter().position(|(k, _)| key.matches(k)) {
+            Some(p) => p,
+            None => {
+                bucket.push((key.to_owned_key(), self.walk(&key)));
+                bucket.len() - 1
+            }
+        };
+        let class = &bucket[pos].1;
+        let next = class
+            .opening
+            .iter()
+            .filter_map(|&s| self.opens_at(s, w))
+            .min();
+        let (decision, digest) = match (&class.shape, next) {
+            (Shape::Fixed(d, digest), _) => (d.clone(), *digest),
+            (Shape::Throttled(_, _), Some(at)) => {
+                let d = Arc::new(no_update(
+                    pb::NoUpdateReason::Throttled,
+                    String::new(),
+                    Some(at),
+                ));
+                let digest = decision_digest(&d);
+                (d, digest)
+            }
+            (Shape::Throttled(d, digest), None) => (d.clone(), *digest),
+        };
+        Decided {
+            decision,
+            token: token(w, &digest),
+            next,
+        }
+    }
+
+    /// Real instant a node of wariness `w` starts to see rollout node `i`,
+    /// when its throttle is running (not paused) and will open.
+    fn opens_at(&self, i: u32, w: f64) -> Option<SystemTime> {
+        let r = self.view.rollout(i)?;
+        let stream = &self.view.key.stream;
+        if self.o.pause(stream, &r.version).is_some() {
+            return None;
+        }
+        let at = r.spec.eligible_at(w)? + self.o.offset(stream, &r.version);
+        // One microsecond past the float instant so the throttle is open there.
+        Some(from_epoch_secs(at) + Duration::from_micros(1))
+    }
+
+    /// The graph walk for one class.
+    fn walk(&self, key: &ClassKey<'_>) -> Class {
+        let fixed = |d: pb::update_hint::Decision| {
+            let digest = decision_digest(&d);
+            Class {
+                shape: Shape::Fixed(Arc::new(d), digest),
+                opening: Vec::new(),
+            }
+        };
+        if let Some(f) = self.frozen {
+            return fixed(no_update(
+                pb::NoUpdateReason::Frozen,
+                f.reason.clone(),
+                None,
+            ));
+        }
+        let view = self.view;
+        let Some(&booted) = view.by_payload.get(key.booted) else {
+            return fixed(no_update(
+                pb::NoUpdateReason::BootedUnknown,
+                format!("payload {:?} is not in the graph", key.booted),
+                None,
+            ));
+        };
+        let throttled = |i: u32| {
+            view.rollout_pos
+                .get(&i)
+                .is_some_and(|&p| key.throttled.contains(p))
+        };
+        let withdrawn = |i: u32| self.at(i).is_some_and(|r| r.withdrawn);
+        let select = |visible: &dyn Fn(u32) -> bool| {
+            select_target(
+                &view.graph,
+                key.booted,
+                visible,
+                key.denied,
+                key.allow_downgrade,
+            )
+        };
+        let opening: Vec<u32> = view
+            .graph
+            .successors(booted)
+            .filter(|&s| throttled(s) && self.at(s).is_some_and(|r| r.pause.is_none()))
+            .collect();
+        let decision = select(&|i| !withdrawn(i) && !throttled(i));
+        let d = match decision {
+            TargetDecision::Update { index, reason } => target(view, index, reason),
+            TargetDecision::DeadEnd { reason } => {
+                return fixed(no_update(pb::NoUpdateReason::DeadEnd, reason, None));
+            }
+            TargetDecision::BootedUnknown => {
+                no_update(pb::NoUpdateReason::BootedUnknown, String::new(), None)
+            }
+            TargetDecision::UpToDate => {
+                no_update(pb::NoUpdateReason::UpToDate, String::new(), None)
+            }
+            TargetDecision::Throttled { next: best } => match select(&|i| !throttled(i)) {
+                // A candidate hidden only by a withdrawal: that is the answer.
+                TargetDecision::Update { index, .. } => self.paused_answer(index),
+                // Every candidate is throttled: each node's own opening
+                // instant, or (none opens) a held pause or plain throttling.
+                _ => {
+                    let held = if self.at(best).is_some_and(|r| r.pause.is_some()) {
+                        self.paused_answer(best)
+                    } else {
+                        no_update(
+                            pb::NoUpdateReason::Throttled,
+                            "the rollout does not reach this node's wariness".into(),
+                            None,
+                        )
+                    };
+                    let digest = decision_digest(&held);
+                    return Class {
+                        shape: Shape::Throttled(Arc::new(held), digest),
+                        opening,
+                    };
+                }
+            },
+        };
+        let digest = decision_digest(&d);
+        Class {
+            shape: Shape::Fixed(Arc::new(d), digest),
+            opening,
+        }
+    }
+
+    fn paused_answer(&self, index: u32) -> pb::update_hint::Decision {
+        let reason = self
+            .at(index)
+            .and_then(|r| r.pause)
+            .map(|m| m.reason.clone())
+            .unwrap_or_default();
+        no_update(pb::NoUpdateReason::Paused, reason, None)
+    }
+
+    /// The whole hint for `id` (`GetUpdateHint`, tests).
+    pub fn hint(&self, id: &pb::NodeIdentity, w: f64) -> (pb::UpdateHint, Option<SystemTime>) {
+        let d = self.decide(&mut Memo::default(), id, w);
+        let hint = pb::UpdateHint {
+            graph_revision: self.view.revision,
+            decision: Some((*d.decision).clone()),
+            wariness: w,
+            decided_at: Some(timestamp(self.now)),
+        };
+        (hint, d.next)
+    }
 }
 
 /// Decides for one node. Returns the hint and the instant its answer can
@@ -70,113 +410,38 @@ pub fn decide(
     now: SystemTime,
 ) -> (pb::UpdateHint, Option<SystemTime>) {
     let w = wariness(id.rollout_wariness, &id.node_uuid);
-    let (decision, revision, next) = match view {
-        None => (
-            no_update(
-                pb::NoUpdateReason::StreamUnknown,
-                "no graph for this stream, basearch and scheme".into(),
-                None,
-            ),
-            0,
-            None,
-        ),
-        Some(view) => {
-            let (d, next) = decide_in(id, w, view, o, now);
-            (d, view.revision, next)
-        }
-    };
-    let hint = pb::UpdateHint {
-        graph_revision: revision,
-        decision: Some(decision),
+    match view {
+        Some(view) => Decider::new(view, o, now).hint(id, w),
+        None => (unknown_stream_hint(w, now), None),
+    }
+}
+
+fn stream_unknown() -> pb::update_hint::Decision {
+    no_update(
+        pb::NoUpdateReason::StreamUnknown,
+        "no graph for this stream, basearch and scheme".into(),
+        None,
+    )
+}
+
+/// The decision for a node whose scope has no graph.
+pub fn unknown_scope(w: f64) -> Decided {
+    let d = stream_unknown();
+    let digest = decision_digest(&d);
+    Decided {
+        decision: Arc::new(d),
+        token: token(w, &digest),
+        next: None,
+    }
+}
+
+fn unknown_stream_hint(w: f64, now: SystemTime) -> pb::UpdateHint {
+    pb::UpdateHint {
+        graph_revision: 0,
+        decision: Some(stream_unknown()),
         wariness: w,
         decided_at: Some(timestamp(now)),
-    };
-    (hint, next)
-}
-
-fn decide_in(
-    id: &pb::NodeIdentity,
-    w: f64,
-    view: &ScopeView,
-    o: &Overrides,
-    now: SystemTime,
-) -> (pb::update_hint::Decision, Option<SystemTime>) {
-    if let Some(f) = o.freezes.get(&view.key.stream) {
-        return (
-            no_update(pb::NoUpdateReason::Frozen, f.reason.clone(), None),
-            None,
-        );
     }
-    let stream = &view.key.stream;
-    let paused = |i: u32| {
-        view.rollout(i)
-            .is_some_and(|r| o.pause(stream, &r.version).is_some())
-    };
-    let throttled = |i: u32| {
-        view.rollout(i)
-            .is_some_and(|r| w > throttle(view, &r.spec, &r.version, o, now))
-    };
-    let graph = &view.graph;
-    let select = |visible: &dyn Fn(u32) -> bool| {
-        select_target(
-            graph,
-            &id.booted_payload,
-            visible,
-            &id.denied_versions,
-            id.allow_downgrade,
-        )
-    };
-    let decision = select(&|i| !paused(i) && !throttled(i));
-    let Some(&booted) = view.by_payload.get(&id.booted_payload) else {
-        return (
-            no_update(
-                pb::NoUpdateReason::BootedUnknown,
-                format!("payload {:?} is not in the graph", id.booted_payload),
-                None,
-            ),
-            None,
-        );
-    };
-    let next = graph
-        .successors(booted)
-        .filter(|&s| throttled(s))
-        .filter_map(|s| opens_at(view, s, w, o))
-        .min();
-    let d = match decision {
-        TargetDecision::Update { index, reason } => target(view, index, reason),
-        TargetDecision::DeadEnd { reason } => {
-            return (no_update(pb::NoUpdateReason::DeadEnd, reason, None), None);
-        }
-        TargetDecision::BootedUnknown => unreachable_booted(),
-        TargetDecision::UpToDate | TargetDecision::Throttled { .. } => {
-            match select(&|i| !throttled(i)) {
-                TargetDecision::Update { index, .. } if paused(index) => {
-                    let r = view
-                        .rollout(index)
-                        .and_then(|r| o.pause(stream, &r.version));
-                    no_update(
-                        pb::NoUpdateReason::Paused,
-                        r.map(|m| m.reason.clone()).unwrap_or_default(),
-                        None,
-                    )
-                }
-                _ if matches!(decision, TargetDecision::Throttled { .. }) => match next {
-                    Some(at) => no_update(pb::NoUpdateReason::Throttled, String::new(), Some(at)),
-                    None => no_update(
-                        pb::NoUpdateReason::Paused,
-                        "the successor's rollout is paused".into(),
-                        None,
-                    ),
-                },
-                _ => no_update(pb::NoUpdateReason::UpToDate, String::new(), None),
-            }
-        }
-    };
-    (d, next)
-}
-
-fn unreachable_booted() -> pb::update_hint::Decision {
-    no_update(pb::NoUpdateReason::BootedUnknown, String::new(), None)
 }
 
 fn target(view: &ScopeView, index: u32, reason: TargetReason) -> pb::update_hint::Decision {
@@ -209,13 +474,11 @@ fn no_update(
     })
 }
 
-/// Opaque resume token of a hint: a hash of its decision and wariness (not
-/// of the revision or decision time, so an unchanged answer keeps its token).
-pub fn resume_token(hint: &pb::UpdateHint) -> String {
+/// Digest of the parts of a decision a client acts on.
+pub fn decision_digest(d: &pb::update_hint::Decision) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(hint.wariness.to_bits().to_be_bytes());
-    match &hint.decision {
-        Some(pb::update_hint::Decision::Target(t)) => {
+    match d {
+        pb::update_hint::Decision::Target(t) => {
             h.update(b"T\0");
             for part in [t.version.as_str(), t.payload.as_str()] {
                 h.update(part.as_bytes());
@@ -223,7 +486,7 @@ pub fn resume_token(hint: &pb::UpdateHint) -> String {
             }
             h.update(t.reason.to_be_bytes());
         }
-        Some(pb::update_hint::Decision::NoUpdate(n)) => {
+        pb::update_hint::Decision::NoUpdate(n) => {
             h.update(b"N\0");
             h.update(n.reason.to_be_bytes());
             h.update(n.detail.as_bytes());
@@ -233,7 +496,24 @@ pub fn resume_token(hint: &pb::UpdateHint) -> String {
                 h.update(ts.nanos.to_be_bytes());
             }
         }
-        None => h.update(b"-"),
     }
-    hex::encode(&h.finalize()[..10])
+    h.finalize().into()
+}
+
+fn token(w: f64, digest: &[u8; 32]) -> Token {
+    let mut h = Sha256::new();
+    h.update(w.to_bits().to_be_bytes());
+    h.update(digest);
+    let mut t = [0u8; 10];
+    t.copy_from_slice(&h.finalize()[..10]);
+    Token(t)
+}
+
+/// Resume token of a hint (the same as [`Decided::token`] for its decision).
+pub fn resume_token(hint: &pb::UpdateHint) -> Token {
+    let digest = match &hint.decision {
+        Some(d) => decision_digest(d),
+        None => [0; 32],
+    };
+    token(hint.wariness, &digest)
 }

@@ -111,10 +111,14 @@ impl PolicyService for PolicyGrpc {
         req: Request<pb::WatchUpdateHintsRequest>,
     ) -> Result<Response<HintStream>, Status> {
         let started = Instant::now();
+        let conn = req
+            .extensions()
+            .get::<upshift_common::server::ConnectionId>()
+            .map_or(0, |c| c.0);
         let req = req.into_inner();
         let r = self
             .identity(req.identity)
-            .map(|id| Response::new(self.hub.subscribe(id, req.resume_token)));
+            .map(|id| Response::new(self.hub.subscribe_on(id, req.resume_token, conn)));
         self.record("WatchUpdateHints", started, &r);
         r
     }
@@ -190,6 +194,11 @@ impl PolicyGrpc {
                 .map(|m| format!("{} (by {})", m.reason, m.actor))
                 .unwrap_or_default(),
             paused_at: pause.map(|m| timestamp(m.at())),
+            pause_mode: match (pause, o.rollout(stream, &r.version)) {
+                (None, _) => pb::PauseMode::Unspecified,
+                (Some(_), Some(rec)) if rec.withdrawn => pb::PauseMode::Withdraw,
+                (Some(_), _) => pb::PauseMode::Hold,
+            } as i32,
         }
     }
 
@@ -247,8 +256,9 @@ impl RolloutAdminService for PolicyGrpc {
         let r = req.into_inner();
         required_reason(&r.reason)?;
         let (view, node) = self.find_rollout(&r.stream, &r.version)?;
+        let withdraw = r.mode() == pb::PauseMode::Withdraw;
         self.control
-            .pause(&r.stream, &r.version, &r.reason, &actor.0)
+            .pause(&r.stream, &r.version, withdraw, &r.reason, &actor.0)
             .await
             .map_err(store_status)?;
         let rollout = self.rollout_proto(&view, &node, &self.control.current(), self.clock.now());

@@ -20,7 +20,7 @@ use upshift_common::http_error::ApiError;
 use crate::decide::hidden_mask;
 use crate::metrics::PolicyMetrics;
 use crate::overrides::Overrides;
-use crate::state::{PolicyState, ScopeKey};
+use crate::state::{PolicyState, ScopeKey, VariantKey};
 
 #[cfg(test)]
 mod tests;
@@ -138,9 +138,14 @@ fn serve(s: &HttpState, headers: &HeaderMap, q: GraphQuery) -> Result<Response, 
     };
     let overrides = s.overrides.borrow().clone();
     let variant = if overrides.freezes.contains_key(&key.stream) {
-        view.variant(crate::state::FROZEN)
+        view.variant(VariantKey::Frozen)
     } else {
-        view.variant(hidden_mask(view, wariness, &overrides, s.clock.now()))
+        view.variant(VariantKey::Hidden(hidden_mask(
+            view,
+            wariness,
+            &overrides,
+            s.clock.now(),
+        )))
     };
     if etag_matches(headers, &variant.etag) {
         return Ok((

@@ -13,21 +13,136 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use upshift_common::clock::SharedClock;
-use upshift_common::grpc::duration;
+use upshift_common::grpc::{duration, timestamp};
 use upshift_proto::policy::v1 as pb;
 
-use crate::decide::{decide, resume_token, wariness};
+use crate::decide::{Decided, Decider, Memo, Token, unknown_scope, wariness};
 use crate::metrics::PolicyMetrics;
 use crate::overrides::Overrides;
-use crate::state::{PolicyState, ScopeKey};
+use crate::state::{PolicyState, ScopeKey, ScopeView};
 
-/// One message a subscriber's channel carries.
+/// One message a subscriber's channel carries: a decision shared by every
+/// node of its class, plus the node's own fields.
 #[derive(Debug, Clone)]
 struct Pushed {
-    hint: Arc<pb::UpdateHint>,
-    token: Arc<str>,
+    decision: Arc<pb::update_hint::Decision>,
+    token: Token,
+    wariness: f64,
+    revision: u64,
+    decided_at: SystemTime,
     /// The schedule instant that caused it, for push lag.
     scheduled: Option<SystemTime>,
+}
+
+impl Pushed {
+    fn hint(&self) -> pb::UpdateHint {
+        pb::UpdateHint {
+            graph_revision: self.revision,
+            decision: Some((*self.decision).clone()),
+            wariness: self.wariness,
+            decided_at: Some(timestamp(self.decided_at)),
+        }
+    }
+}
+
+/// A scope's memo, valid while its view and the overrides stay the same.
+#[derive(Debug)]
+struct MemoEntry {
+    view: Arc<ScopeView>,
+    overrides: Arc<Overrides>,
+    memo: Memo,
+}
+
+/// Memos by scope, shared by subscribes and re-evaluations so a fleet of
+/// nodes in one class shares one decision.
+#[derive(Debug, Default)]
+struct Memos(HashMap<ScopeKey, MemoEntry>);
+
+/// Most scopes whose memos are kept (scopes that left the graph go first
+/// when a reset drops everything).
+const MAX_MEMOS: usize = 64;
+
+impl Memos {
+    fn get(&mut self, view: &Arc<ScopeView>, overrides: &Arc<Overrides>) -> &mut Memo {
+        let fresh =
+            |e: &MemoEntry| Arc::ptr_eq(&e.view, view) && Arc::ptr_eq(&e.overrides, overrides);
+        if self.0.get(&view.key).is_none_or(|e| !fresh(e)) {
+            if self.0.len() >= MAX_MEMOS {
+                self.0.clear();
+            }
+            self.0.insert(
+                view.key.clone(),
+                MemoEntry {
+                    view: view.clone(),
+                    overrides: overrides.clone(),
+                    memo: Memo::default(),
+                },
+            );
+        }
+        &mut self.0.get_mut(&view.key).expect("inserted above").memo
+    }
+}
+
+/// Decides for a batch of subscribers at one instant.
+struct Batch<'a> {
+    now: SystemTime,
+    overrides: &'a Arc<Overrides>,
+    memos: &'a mut Memos,
+    deciders: Vec<(&'a ScopeView, Decider<'a>)>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(overrides: &'a Arc<Overrides>, memos: &'a mut Memos, now: SystemTime) -> Self {
+        Self {
+            now,
+            overrides,
+            memos,
+            deciders: Vec::new(),
+        }
+    }
+
+    /// The message for `id` of wariness `w` in `view`.
+    fn push(
+        &mut self,
+        view: Option<&'a Arc<ScopeView>>,
+        id: &pb::NodeIdentity,
+        w: f64,
+        scheduled: Option<SystemTime>,
+    ) -> (Pushed, Option<SystemTime>) {
+        let d = match view {
+            None => unknown_scope(w),
+            Some(view) => {
+                let pos = match self
+                    .deciders
+                    .iter()
+                    .position(|(v, _)| std::ptr::eq(*v, &**view))
+                {
+                    Some(p) => p,
+                    None => {
+                        let d = Decider::new(view, self.overrides, self.now);
+                        self.deciders.push((view, d));
+                        self.deciders.len() - 1
+                    }
+                };
+                let memo = self.memos.get(view, self.overrides);
+                self.deciders[pos].1.decide(memo, id, w)
+            }
+        };
+        let Decided {
+            decision,
+            token,
+            next,
+        } = d;
+        let pushed = Pushed {
+            decision,
+            token,
+            wariness: w,
+            revision: view.map_or(0, |v| v.revision),
+            decided_at: self.now,
+            scheduled,
+        };
+        (pushed, next)
+    }
 }
 
 #[derive(Debug)]
@@ -35,6 +150,8 @@ struct Sub {
     identity: Arc<pb::NodeIdentity>,
     key: ScopeKey,
     wariness: f64,
+    /// Connection the stream came over (0 = unknown).
+    conn: u64,
     tx: watch::Sender<Pushed>,
     next: Option<SystemTime>,
 }
@@ -61,6 +178,8 @@ pub struct HubSettings {
 #[derive(Debug)]
 struct Shared {
     reg: Mutex<Registry>,
+    /// Taken after `reg` when both are held.
+    memos: Mutex<Memos>,
     wake: Notify,
     tick: watch::Receiver<u64>,
     shutdown: CancellationToken,
@@ -113,6 +232,7 @@ impl Hub {
         let (tick_tx, tick) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             reg: Mutex::new(Registry::default()),
+            memos: Mutex::new(Memos::default()),
             wake: Notify::new(),
             tick,
             shutdown: shutdown.clone(),
@@ -148,29 +268,39 @@ impl Hub {
     /// Opens a stream for `identity`; `resume_token` suppresses an initial
     /// hint the client already has.
     pub fn subscribe(&self, identity: pb::NodeIdentity, resume: String) -> HintStream {
+        self.subscribe_on(identity, resume, 0)
+    }
+
+    /// [`Hub::subscribe`] for a stream of connection `conn`: changes wake
+    /// the streams of one connection together.
+    pub fn subscribe_on(
+        &self,
+        identity: pb::NodeIdentity,
+        resume: String,
+        conn: u64,
+    ) -> HintStream {
         let sh = &self.shared;
         let mut reg = sh.reg.lock().unwrap();
+        let resume = Token::from_hex(&resume);
         if sh.settings.max_streams.is_some_and(|m| reg.subs.len() >= m) {
             drop(reg);
             return Box::pin(futures::stream::iter([Ok(reconnect("overload", resume))]));
         }
         let key = scope_of(&identity);
         let w = wariness(identity.rollout_wariness, &identity.node_uuid);
-        let now = sh.clock.now();
         let state = sh.state.borrow().clone();
         let overrides = sh.overrides.borrow().clone();
-        let (hint, next) = decide(
-            &identity,
-            state.scopes.get(&key).map(|v| &**v),
-            &overrides,
-            now,
-        );
-        let token: Arc<str> = resume_token(&hint).into();
-        let (tx, rx) = watch::channel(Pushed {
-            hint: Arc::new(hint),
-            token,
-            scheduled: None,
-        });
+        let identity = Arc::new(identity);
+        let (pushed, next) = {
+            let mut memos = sh.memos.lock().unwrap();
+            Batch::new(&overrides, &mut memos, sh.clock.now()).push(
+                state.scopes.get(&key),
+                &identity,
+                w,
+                None,
+            )
+        };
+        let (tx, rx) = watch::channel(pushed);
         let id = reg.next_id;
         reg.next_id += 1;
         reg.by_scope.entry(key.clone()).or_default().insert(id);
@@ -183,9 +313,10 @@ impl Hub {
         reg.subs.insert(
             id,
             Sub {
-                identity: Arc::new(identity),
+                identity,
                 key,
                 wariness: w,
+                conn,
                 tx,
                 next,
             },
@@ -228,7 +359,7 @@ impl Hub {
     }
 }
 
-fn reconnect(reason: &str, token: String) -> pb::WatchUpdateHintsResponse {
+fn reconnect(reason: &str, token: Option<Token>) -> pb::WatchUpdateHintsResponse {
     let jitter = Duration::from_millis(rand::random_range(1_000..6_000));
     pb::WatchUpdateHintsResponse {
         event: Some(pb::watch_update_hints_response::Event::Reconnect(
@@ -237,7 +368,7 @@ fn reconnect(reason: &str, token: String) -> pb::WatchUpdateHintsResponse {
                 reason: reason.to_owned(),
             },
         )),
-        resume_token: token,
+        resume_token: token.map(Token::to_hex).unwrap_or_default(),
     }
 }
 
@@ -247,7 +378,7 @@ struct StreamState {
     rx: watch::Receiver<Pushed>,
     tick: watch::Receiver<u64>,
     shared: Arc<Shared>,
-    last_token: String,
+    last_token: Option<Token>,
     ticks: u64,
     max_age_ticks: u64,
     first: bool,
@@ -278,7 +409,7 @@ impl StreamState {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
                     self.done = true;
-                    let msg = reconnect("shutdown", self.last_token.clone());
+                    let msg = reconnect("shutdown", self.last_token);
                     return Some((Ok(msg), self));
                 }
                 r = self.rx.changed() => {
@@ -293,12 +424,12 @@ impl StreamState {
                     self.ticks += 1;
                     if self.ticks >= self.max_age_ticks {
                         self.done = true;
-                        let msg = reconnect("max-age", self.last_token.clone());
+                        let msg = reconnect("max-age", self.last_token);
                         return Some((Ok(msg), self));
                     }
                     let msg = pb::WatchUpdateHintsResponse {
                         event: Some(pb::watch_update_hints_response::Event::Keepalive(pb::Keepalive {})),
-                        resume_token: self.last_token.clone(),
+                        resume_token: self.last_token.map(Token::to_hex).unwrap_or_default(),
                     };
                     return Some((Ok(msg), self));
                 }
@@ -307,10 +438,10 @@ impl StreamState {
     }
 
     fn hint_if_new(&mut self, cur: Pushed) -> Option<pb::WatchUpdateHintsResponse> {
-        if *cur.token == *self.last_token {
+        if self.last_token == Some(cur.token) {
             return None;
         }
-        self.last_token = cur.token.to_string();
+        self.last_token = Some(cur.token);
         let m = &self.shared.metrics;
         m.pushes.add(1, &[]);
         if let Some(t) = cur.scheduled {
@@ -323,10 +454,8 @@ impl StreamState {
             m.push_lag.record(lag.as_secs_f64(), &[]);
         }
         Some(pb::WatchUpdateHintsResponse {
-            event: Some(pb::watch_update_hints_response::Event::Hint(
-                (*cur.hint).clone(),
-            )),
-            resume_token: self.last_token.clone(),
+            event: Some(pb::watch_update_hints_response::Event::Hint(cur.hint())),
+            resume_token: cur.token.to_hex(),
         })
     }
 }
@@ -393,17 +522,28 @@ async fn scheduler(sh: Arc<Shared>, mut seen: Arc<PolicyState>) {
                     }
                     due
                 }
-                Wake::All => reg.subs.keys().map(|&id| (id, None)).collect(),
-                Wake::Scopes(keys) => keys
-                    .iter()
-                    .filter_map(|k| reg.by_scope.get(k))
-                    .flatten()
-                    .map(|&id| (id, None))
-                    .collect(),
+                Wake::All => by_connection(&reg, reg.subs.keys().copied()),
+                Wake::Scopes(keys) => by_connection(
+                    &reg,
+                    keys.iter()
+                        .filter_map(|k| reg.by_scope.get(k))
+                        .flatten()
+                        .copied(),
+                ),
             }
         };
         reevaluate(&sh, &ids);
     }
+}
+
+/// Subscriber ids ordered by connection, so the streams of a connection are
+/// woken together and their frames leave in one write.
+fn by_connection(reg: &Registry, ids: impl Iterator<Item = u64>) -> Vec<(u64, Option<SystemTime>)> {
+    let mut v: Vec<(u64, u64)> = ids
+        .filter_map(|id| reg.subs.get(&id).map(|s| (s.conn, id)))
+        .collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, id)| (id, None)).collect()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -429,44 +569,93 @@ fn changed_scopes(old: &PolicyState, new: &PolicyState) -> Vec<ScopeKey> {
     keys
 }
 
-/// Re-decides for each subscriber in `ids` (in chunks, so the registry lock
-/// is released between them) and pushes only changed hints.
+/// Subscribers re-decided per registry lock: the lock is taken once to copy
+/// a batch out and once to apply its results, never while deciding.
+const BATCH: usize = 2048;
+
+/// Re-decides for each subscriber in `ids` and pushes only changed hints.
 fn reevaluate(sh: &Shared, ids: &[(u64, Option<SystemTime>)]) {
-    for chunk in ids.chunks(1024) {
+    for batch in ids.chunks(BATCH) {
         // The latest state, so a stream subscribed meanwhile never goes back.
         let state = sh.state.borrow().clone();
         let overrides = sh.overrides.borrow().clone();
         let now = sh.clock.now();
-        let mut reg = sh.reg.lock().unwrap();
-        let mut wake = false;
-        for &(id, scheduled) in chunk {
-            let Some(sub) = reg.subs.get_mut(&id) else {
-                continue;
-            };
-            let view = state.scopes.get(&sub.key).map(|v| &**v);
-            let (hint, next) = decide(&sub.identity, view, &overrides, now);
-            // Never schedule in the past: a float edge would spin.
-            let next = next.map(|t| t.max(now + Duration::from_millis(1)));
-            let old = std::mem::replace(&mut sub.next, next);
-            let token = resume_token(&hint);
-            if *sub.tx.borrow().token != *token {
-                sub.tx.send_replace(Pushed {
-                    hint: Arc::new(hint),
-                    token: token.into(),
-                    scheduled,
-                });
-            }
-            if let Some(t) = old {
-                reg.schedule.remove(&(t, id));
-            }
-            if let Some(t) = next {
-                wake |= reg.schedule.first().is_none_or(|&(f, _)| t < f);
-                reg.schedule.insert((t, id));
-            }
-        }
-        drop(reg);
-        if wake {
+        let subs = snapshot(sh, &state, batch);
+        let decided: Vec<_> = {
+            let mut memos = sh.memos.lock().unwrap();
+            let mut b = Batch::new(&overrides, &mut memos, now);
+            subs.iter()
+                .map(|s| {
+                    let (pushed, next) =
+                        b.push(s.view.as_ref(), &s.identity, s.wariness, s.scheduled);
+                    // Never schedule in the past: a float edge would spin.
+                    (
+                        s.id,
+                        pushed,
+                        next.map(|t| t.max(now + Duration::from_millis(1))),
+                    )
+                })
+                .collect()
+        };
+        if apply(sh, decided) {
             sh.wake.notify_one();
         }
     }
+}
+
+/// What deciding for one subscriber needs, copied out of the registry.
+struct Snapshot {
+    id: u64,
+    scheduled: Option<SystemTime>,
+    identity: Arc<pb::NodeIdentity>,
+    wariness: f64,
+    view: Option<Arc<ScopeView>>,
+}
+
+fn snapshot(
+    sh: &Shared,
+    state: &PolicyState,
+    batch: &[(u64, Option<SystemTime>)],
+) -> Vec<Snapshot> {
+    let reg = sh.reg.lock().unwrap();
+    batch
+        .iter()
+        .filter_map(|&(id, scheduled)| {
+            let sub = reg.subs.get(&id)?;
+            Some(Snapshot {
+                id,
+                scheduled,
+                identity: sub.identity.clone(),
+                wariness: sub.wariness,
+                view: state.scopes.get(&sub.key).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// Stores each decision: reschedules, and sends when the token changed.
+/// Returns whether the scheduler must look at a new earliest instant.
+fn apply(sh: &Shared, decided: Vec<(u64, Pushed, Option<SystemTime>)>) -> bool {
+    let mut reg = sh.reg.lock().unwrap();
+    let mut wake = false;
+    for (id, pushed, next) in decided {
+        let Some(sub) = reg.subs.get_mut(&id) else {
+            continue;
+        };
+        let old = std::mem::replace(&mut sub.next, next);
+        if sub.tx.borrow().token != pushed.token {
+            sub.tx.send_replace(pushed);
+        }
+        if old == next {
+            continue;
+        }
+        if let Some(t) = old {
+            reg.schedule.remove(&(t, id));
+        }
+        if let Some(t) = next {
+            wake |= reg.schedule.first().is_none_or(|&(f, _)| t < f);
+            reg.schedule.insert((t, id));
+        }
+    }
+    wake
 }

@@ -45,6 +45,10 @@ pub struct RolloutOverride {
     /// The last resume, for the record.
     #[serde(default)]
     pub resumed: Option<Mark>,
+    /// While paused: the release is offered to no node (an automatic halt),
+    /// rather than held at its throttle for the nodes already eligible.
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 impl RolloutOverride {

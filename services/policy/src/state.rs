@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 use upshift_cincinnati::graph::{Graph, PayloadScheme};
 use upshift_cincinnati::rollout::RolloutSpec;
 use upshift_cincinnati::target::filtered_graph;
@@ -41,14 +42,41 @@ pub struct Variant {
     pub etag: http::HeaderValue,
 }
 
-/// Hidden-set key: bit i set = rollout node i (in `ScopeView::rollouts`) hidden.
-pub type HiddenMask = u128;
+/// A set of rollout positions (in `ScopeView::rollouts`): the rollout nodes
+/// hidden from (or throttled for) a client. Two words inline; any number of
+/// rollouts is supported. Words grow only to hold a set bit, so equal sets
+/// compare and hash equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct HiddenMask(SmallVec<[u64; 2]>);
 
-/// The mask of a frozen stream's variant: no edges at all.
-pub const FROZEN: HiddenMask = HiddenMask::MAX;
+impl HiddenMask {
+    /// Adds position `p`.
+    pub fn set(&mut self, p: usize) {
+        let w = p / 64;
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (p % 64);
+    }
 
-/// Largest number of rollout nodes whose variants are cached.
-pub const MAX_CACHED_ROLLOUTS: usize = 128;
+    /// Whether position `p` is in the set.
+    pub fn contains(&self, p: usize) -> bool {
+        self.0.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+}
+
+/// Which pre-serialized graph a client gets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VariantKey {
+    /// These rollout nodes hidden.
+    Hidden(HiddenMask),
+    /// A frozen stream: no edges at all.
+    Frozen,
+}
+
+/// Most variants cached per view; more are built per request (the number of
+/// distinct variants is about the number of rollout nodes plus one).
+pub const MAX_CACHED_VARIANTS: usize = 256;
 
 /// A scope's graph at one revision with everything the hot paths need.
 #[derive(Debug)]
@@ -65,7 +93,7 @@ pub struct ScopeView {
     pub rollouts: Vec<RolloutNode>,
     /// Node index -> position in `rollouts`.
     pub rollout_pos: HashMap<u32, usize>,
-    variants: RwLock<HashMap<HiddenMask, Arc<Variant>>>,
+    variants: RwLock<HashMap<VariantKey, Arc<Variant>>>,
 }
 
 impl ScopeView {
@@ -111,36 +139,33 @@ impl ScopeView {
         self.rollout_pos.get(&i).map(|&p| &self.rollouts[p])
     }
 
-    /// The serialized graph with the rollout nodes of `mask` hidden, built
-    /// once per mask and revision.
-    pub fn variant(&self, mask: HiddenMask) -> Arc<Variant> {
-        if let Some(v) = self
-            .variants
-            .read()
-            .ok()
-            .and_then(|m| m.get(&mask).cloned())
-        {
+    /// The serialized graph for `key`, built once per key and revision.
+    pub fn variant(&self, key: VariantKey) -> Arc<Variant> {
+        if let Some(v) = self.variants.read().ok().and_then(|m| m.get(&key).cloned()) {
             return v;
         }
-        let v = Arc::new(self.build_variant(mask));
-        if self.rollouts.len() <= MAX_CACHED_ROLLOUTS
-            && let Ok(mut m) = self.variants.write()
+        let v = Arc::new(self.build_variant(&key));
+        if let Ok(mut m) = self.variants.write()
+            && m.len() < MAX_CACHED_VARIANTS
         {
-            m.entry(mask).or_insert_with(|| v.clone());
+            m.entry(key).or_insert_with(|| v.clone());
         }
         v
     }
 
-    fn build_variant(&self, mask: HiddenMask) -> Variant {
-        let hidden: BTreeSet<u32> = self
-            .rollouts
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| *p < 128 && mask & (1 << p) != 0)
-            .map(|(_, r)| r.index)
-            .collect();
+    fn build_variant(&self, key: &VariantKey) -> Variant {
+        let hidden: BTreeSet<u32> = match key {
+            VariantKey::Hidden(mask) => self
+                .rollouts
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| mask.contains(*p))
+                .map(|(_, r)| r.index)
+                .collect(),
+            VariantKey::Frozen => BTreeSet::new(),
+        };
         let mut g = filtered_graph(&self.graph, &hidden);
-        if mask == FROZEN {
+        if *key == VariantKey::Frozen {
             g.edges.clear();
         }
         let body = Bytes::from(g.to_json_bytes());

@@ -66,7 +66,7 @@ async fn pause_stops_new_eligibility_and_resume_continues() {
     );
     tokio::time::sleep_until(clock.deadline_for(at(3000.0))).await;
     svc.control
-        .pause("stable", "2.0", "bad canary", "ops")
+        .pause("stable", "2.0", false, "bad canary", "ops")
         .await
         .unwrap();
     let h = hint(next_event(&mut s).await.unwrap().0);
@@ -86,6 +86,59 @@ async fn pause_stops_new_eligibility_and_resume_continues() {
     assert_eq!(target_of(&h), Some("2.0"));
     let now = secs(clock.now());
     assert!((7000.0..7000.01).contains(&now), "opened at {now}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_keeps_eligible_nodes_and_a_withdrawal_reaches_them() {
+    let clock = ScaledClock::shared(at(3000.0), 1.0);
+    let svc = start(
+        &config(Duration::from_secs(60), 10 * HOUR),
+        MemoryStore::shared(),
+        clock.clone(),
+        CancellationToken::new(),
+    );
+    svc.publish(key(), 1, rollout_graph());
+    // The throttle is 1/3 at 3000: 0.2 has the release, 0.5 waits for 4000.
+    let mut early = svc
+        .hub
+        .subscribe(identity("p1.0", Some(0.2), "early"), String::new());
+    let mut late = svc
+        .hub
+        .subscribe(identity("p1.0", Some(0.5), "late"), String::new());
+    assert_eq!(
+        target_of(&hint(next_event(&mut early).await.unwrap().0)),
+        Some("2.0")
+    );
+    assert_eq!(
+        no_update(&hint(next_event(&mut late).await.unwrap().0)),
+        pb::NoUpdateReason::Throttled
+    );
+    svc.control
+        .pause("stable", "2.0", false, "hold", "ops")
+        .await
+        .unwrap();
+    assert_eq!(
+        no_update(&hint(next_event(&mut late).await.unwrap().0)),
+        pb::NoUpdateReason::Paused
+    );
+    let quiet = tokio::time::timeout(Duration::from_secs(60), next_event(&mut early)).await;
+    assert!(
+        quiet.is_err(),
+        "a hold changes nothing for an eligible node: {quiet:?}"
+    );
+    svc.control
+        .pause("stable", "2.0", true, "crashes", "ops")
+        .await
+        .unwrap();
+    let h = hint(next_event(&mut early).await.unwrap().0);
+    assert_eq!(no_update(&h), pb::NoUpdateReason::Paused);
+    assert_eq!(
+        svc.control
+            .current()
+            .rollout("stable", "2.0")
+            .map(|r| r.withdrawn),
+        Some(true)
+    );
 }
 
 #[tokio::test(start_paused = true)]

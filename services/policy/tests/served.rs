@@ -272,6 +272,7 @@ async fn a_pause_on_one_replica_is_seen_by_another_sharing_the_store() {
         stream: "stable".into(),
         version: "2.0".into(),
         reason: "canary failures".into(),
+        mode: pb::PauseMode::Withdraw as i32,
     };
     let denied = admin_a
         .pause_rollout(Request::new(req.clone()))
@@ -308,6 +309,7 @@ async fn a_pause_on_one_replica_is_seen_by_another_sharing_the_store() {
         .rollout
         .unwrap();
     assert!(paused.paused);
+    assert_eq!(paused.pause_mode(), pb::PauseMode::Withdraw);
     assert_eq!(paused.throttle, 1.0, "the rollout had already completed");
 
     let b_state = b.svc.control.subscribe();

@@ -20,7 +20,7 @@ async fn pause_is_shared(store: SharedKv) {
     );
     let b = start(&c, store, SystemClock::shared(), CancellationToken::new());
     a.control
-        .pause("stable", "2.0", "canary failures", "ops")
+        .pause("stable", "2.0", false, "canary failures", "ops")
         .await
         .unwrap();
     let mut seen = b.control.subscribe();

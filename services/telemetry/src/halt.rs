@@ -133,6 +133,8 @@ async fn pause_until_accepted(
                 stream: halt.stream.clone(),
                 version: halt.version.clone(),
                 reason: halt.reason.clone(),
+                // A failing release is offered to no one, not just held.
+                mode: ppb::PauseMode::Withdraw as i32,
             })
         });
         match client.admin.pause_rollout(req).instrument(span).await {

@@ -174,6 +174,18 @@ fn freeze_stops_everything() {
     assert_eq!(next, None);
 }
 
+fn paused_at(at: f64, withdrawn: bool) -> RolloutOverride {
+    RolloutOverride {
+        paused: Some(Mark {
+            reason: "halt".into(),
+            actor: "a".into(),
+            at,
+        }),
+        withdrawn,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn pause_holds_and_resume_continues_from_the_held_value() {
     let i = pb::NodeIdentity {
@@ -187,37 +199,37 @@ fn pause_holds_and_resume_continues_from_the_held_value() {
     let mut o = Overrides::default();
     let key = ("stable".to_owned(), "2.0".to_owned());
     // Paused at 3000 (throttle 1/3).
-    o.rollouts.insert(
-        key.clone(),
-        RolloutOverride {
-            paused: Some(Mark {
-                reason: "halt".into(),
-                actor: "a".into(),
-                at: 3000.0,
-            }),
-            ..Default::default()
-        },
-    );
+    o.rollouts.insert(key.clone(), paused_at(3000.0, false));
     let (d, next) = run(&low, &o, 3500.0);
     assert_eq!(
-        reason(&d),
-        pb::NoUpdateReason::Paused,
-        "0.2 would see it, but not as a new target"
+        target(&d),
+        "2.0",
+        "0.2 was eligible when paused: it keeps it"
     );
     assert_eq!(next, None);
     let (d, next) = run(&i, &o, 6000.0);
-    assert_eq!(reason(&d), pb::NoUpdateReason::Paused);
+    assert_eq!(reason(&d), pb::NoUpdateReason::Paused, "no new eligibility");
+    let pb::update_hint::Decision::NoUpdate(n) = &d else {
+        unreachable!()
+    };
+    assert_eq!(n.detail, "halt");
     assert_eq!(next, None, "no time-based change while paused");
     let v = view();
     let r = &v.rollouts[0];
     assert!((throttle(&v, &r.spec, "2.0", &o, at(6000.0)) - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(
+        hidden_mask(&v, 0.2, &o, at(6000.0)),
+        HiddenMask::default(),
+        "/v1/graph keeps the edge for 0.2"
+    );
+    assert!(hidden_mask(&v, 0.5, &o, at(6000.0)).contains(0));
     // Resumed at 5000 after 2000 s: the throttle continues from 1/3.
     o.rollouts.insert(
         key,
         RolloutOverride {
             paused: None,
             paused_total: 2000.0,
-            resumed: None,
+            ..Default::default()
         },
     );
     assert!((throttle(&v, &r.spec, "2.0", &o, at(5000.0)) - 1.0 / 3.0).abs() < 1e-9);
@@ -227,6 +239,129 @@ fn pause_holds_and_resume_continues_from_the_held_value() {
     assert!(
         (secs(next.unwrap()) - 6000.0).abs() < 1e-3,
         "opens 2000 s later than without the pause"
+    );
+}
+
+#[test]
+fn a_withdrawn_rollout_is_offered_to_no_one() {
+    let i = pb::NodeIdentity {
+        denied_versions: vec!["1.5".into()],
+        ..id("p1.0", 0.2)
+    };
+    let mut o = Overrides::default();
+    o.rollouts.insert(
+        ("stable".to_owned(), "2.0".to_owned()),
+        paused_at(3000.0, true),
+    );
+    let (d, next) = run(&i, &o, 3500.0);
+    assert_eq!(
+        reason(&d),
+        pb::NoUpdateReason::Paused,
+        "0.2 would see it, but not while withdrawn"
+    );
+    assert_eq!(next, None);
+    let v = view();
+    assert!(hidden_mask(&v, 0.0, &o, at(3500.0)).contains(0));
+    // Without the deny list the dead-end 1.5 is still offered meanwhile.
+    assert_eq!(target(&run(&id("p1.0", 0.2), &o, 3500.0).0), "1.5");
+}
+
+#[test]
+fn a_rollout_that_never_reaches_the_wariness_is_throttled_not_paused() {
+    // No duration: the throttle stays at its start value 0.3.
+    let nodes = vec![
+        node("1.0", &[]),
+        node(
+            "2.0",
+            &[
+                ("rollout", "true"),
+                ("start_epoch", "1000"),
+                ("start_value", "0.3"),
+            ],
+        ),
+    ];
+    let g = Graph::new(nodes, vec![(0, 1)]).unwrap();
+    let v = ScopeView::new(view().key.clone(), 1, g);
+    let o = Overrides::default();
+    let (h, next) = decide(&id("p1.0", 0.5), Some(&v), &o, at(5000.0));
+    assert_eq!(reason(&h.decision.unwrap()), pb::NoUpdateReason::Throttled);
+    assert_eq!(next, None);
+    let (h, _) = decide(&id("p1.0", 0.2), Some(&v), &o, at(5000.0));
+    assert_eq!(target(&h.decision.unwrap()), "2.0");
+}
+
+#[test]
+fn more_than_128_rollouts_are_all_throttled() {
+    // 1.0 -> r1..r200, every one a rollout that has not started.
+    let mut nodes = vec![node("1.0", &[])];
+    let mut edges = Vec::new();
+    for k in 1..=200u32 {
+        nodes.push(node(
+            &format!("2.{k}"),
+            &[
+                ("rollout", "true"),
+                ("start_epoch", "100000"),
+                ("duration_minutes", "60"),
+            ],
+        ));
+        edges.push((0, k));
+    }
+    let g = Graph::new(nodes, edges).unwrap();
+    let v = ScopeView::new(view().key.clone(), 1, g);
+    let o = Overrides::default();
+    let (h, next) = decide(&id("p1.0", 0.5), Some(&v), &o, at(0.0));
+    assert_eq!(reason(&h.decision.unwrap()), pb::NoUpdateReason::Throttled);
+    assert!(next.is_some());
+    let mask = hidden_mask(&v, 0.5, &o, at(0.0));
+    assert!((0..200).all(|p| mask.contains(p)));
+    let body = v
+        .variant(crate::state::VariantKey::Hidden(mask))
+        .body
+        .clone();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["edges"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_shared_decider_answers_like_one_decision_per_node() {
+    let v = view();
+    let mut o = Overrides::default();
+    o.rollouts.insert(
+        ("stable".to_owned(), "2.0".to_owned()),
+        paused_at(2500.0, false),
+    );
+    let ids: Vec<pb::NodeIdentity> = (0..200)
+        .map(|k| pb::NodeIdentity {
+            denied_versions: if k % 3 == 0 {
+                vec!["1.5".into()]
+            } else {
+                vec![]
+            },
+            booted_payload: ["p1.0", "p1.5", "p2.0", "nope"][k % 4].into(),
+            ..id("", f64::from(k as u32) / 200.0)
+        })
+        .collect();
+    // One memo across instants: walks do not depend on time.
+    let mut memo = Memo::default();
+    for now in [0.0, 2000.0, 4000.0, 9000.0] {
+        let shared = Decider::new(&v, &o, at(now));
+        for i in &ids {
+            let w = wariness(i.rollout_wariness, &i.node_uuid);
+            let (alone, next) = decide(i, Some(&v), &o, at(now));
+            let d = shared.decide(&mut memo, i, w);
+            assert_eq!(
+                Some(&*d.decision),
+                alone.decision.as_ref(),
+                "{i:?} at {now}"
+            );
+            assert_eq!(d.next, next);
+            assert_eq!(d.token, resume_token(&alone));
+        }
+    }
+    assert!(
+        memo.len() < 40,
+        "a class per distinct input, not per node: {}",
+        memo.len()
     );
 }
 

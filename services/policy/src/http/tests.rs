@@ -339,19 +339,32 @@ async fn pause_and_freeze_apply_to_the_graph() {
         at: 1_635_868_800.0,
     };
     let now = at(1_635_868_800 + 86_400);
-    let mut o = Overrides::default();
-    o.rollouts.insert(
-        ("stable".into(), "34.20211016.3.0".into()),
-        RolloutOverride {
-            paused: Some(mark.clone()),
-            ..Default::default()
-        },
+    let paused = |withdrawn| {
+        let mut o = Overrides::default();
+        o.rollouts.insert(
+            ("stable".into(), "34.20211016.3.0".into()),
+            RolloutOverride {
+                paused: Some(mark.clone()),
+                withdrawn,
+                ..Default::default()
+            },
+        );
+        o
+    };
+    // Held at the pause instant, the rollout's start: only the least wary
+    // clients had it, and keep it.
+    let s = http_state(stable_view("058.json"), now, paused(false));
+    assert_eq!(edges(&s, "rollout_wariness=0").await, expected_058(true));
+    assert_eq!(
+        edges(&s, "rollout_wariness=0.5").await,
+        expected_058(false),
+        "no new client becomes eligible while paused"
     );
-    let s = http_state(stable_view("058.json"), now, o);
+    let s = http_state(stable_view("058.json"), now, paused(true));
     assert_eq!(
         edges(&s, "rollout_wariness=0").await,
         expected_058(false),
-        "a paused release is offered to nobody"
+        "a withdrawn release is offered to nobody"
     );
     let mut o = Overrides::default();
     o.freezes.insert("stable".into(), mark);
