@@ -50,7 +50,7 @@ pub fn run(args: BridgeArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let server = config.server.clone();
-    host("bridge", &server, &args.host, || async move {
+    host("bridge", &server, &args.host, None, || async move {
         let bound = upshift_bridge::bind(
             &config.server,
             settings,

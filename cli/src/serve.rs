@@ -138,6 +138,11 @@ impl<T: DeserializeOwned> FileConfig<T> {
         server: impl Fn(&mut T) -> &mut ServerSettings,
     ) {
         apply_default_port(server(&mut self.config), args.config.as_deref(), port);
+        apply_default_data_dir(
+            server(&mut self.config),
+            args.config.as_deref(),
+            std::env::var_os("STATE_DIRECTORY"),
+        );
         let merged = args.merge_into(server(&mut self.config).clone());
         if let Some(merged) = self.check(merged) {
             *server(&mut self.config) = merged;
@@ -159,18 +164,93 @@ pub fn config_failure(errors: &ConfigErrors) -> ExitCode {
 /// Uses the service's default port unless the config file sets
 /// `[server] listen` (flags are merged afterwards and win over both).
 pub fn apply_default_port(settings: &mut ServerSettings, config: Option<&Path>, port: u16) {
-    let file_sets_listen = config
-        .and_then(|path| std::fs::read_to_string(path).ok())
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .is_some_and(|table| table.get("server").and_then(|s| s.get("listen")).is_some());
-    if !file_sets_listen {
+    if !file_sets_server_key(config, "listen") {
         settings.listen = SocketAddr::from(([0, 0, 0, 0], port));
     }
 }
 
+/// Whether the config file at `config` sets `[server] key`.
+fn file_sets_server_key(config: Option<&Path>, key: &str) -> bool {
+    config
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.get("server").and_then(|s| s.get(key)).is_some())
+}
+
+/// Uses systemd's `$STATE_DIRECTORY` (the first one, as set by
+/// `StateDirectory=`) as the data directory unless the config file sets
+/// `[server] data_dir` (flags are merged afterwards and win over both).
+pub fn apply_default_data_dir(
+    settings: &mut ServerSettings,
+    config: Option<&Path>,
+    state_directory: Option<std::ffi::OsString>,
+) {
+    let from_systemd = state_directory
+        .as_deref()
+        .and_then(|dirs| std::env::split_paths(dirs).next())
+        .filter(|dir| !dir.as_os_str().is_empty());
+    if let Some(dir) = from_systemd
+        && !file_sets_server_key(config, "data_dir")
+    {
+        settings.data_dir = dir;
+    }
+}
+
+/// Creates `dir` if needed and checks this user can write in it, so that a
+/// run as an ordinary user without `--data-dir` says what to do instead of
+/// failing later with a bare "Permission denied". `key` names the setting.
+pub fn data_dir_ready(dir: &Path, key: &str) -> Result<(), ConfigErrors> {
+    let probe = dir.join(format!(".upshift-write-check-{}", std::process::id()));
+    let result = std::fs::create_dir_all(dir)
+        .map_err(|e| ("cannot create the directory", e))
+        .and_then(|()| {
+            std::fs::write(&probe, b"").map_err(|e| ("cannot write in the directory", e))
+        });
+    let _ = std::fs::remove_file(&probe);
+    let mut errors = ConfigErrors::new();
+    if let Err((what, e)) = result {
+        errors.push(
+            key,
+            format!(
+                "{}: {what}: {e}; give a directory this user can write with \
+                 --data-dir DIR (or [server] data_dir, UPSHIFT_DATA_DIR)",
+                dir.display()
+            ),
+        );
+    }
+    errors.into_result(())
+}
+
+/// The directory the embedded store needs, and the setting that names it;
+/// none on etcd.
+pub fn store_dir(
+    store: &upshift_store::settings::StoreSettings,
+    data_dir: &Path,
+) -> Option<(PathBuf, &'static str)> {
+    use upshift_store::settings::Backend;
+    if store.backend != Backend::Embedded {
+        return None;
+    }
+    let key = if store.path.is_some() {
+        "store.path"
+    } else {
+        "server.data_dir"
+    };
+    let path = store.embedded_path(data_dir);
+    Some((path.parent().unwrap_or(data_dir).to_path_buf(), key))
+}
+
 /// Builds the runtime, sets up tracing, runs `body` (which binds and returns
-/// the server) and serves until a shutdown signal.
-pub fn host<F, Fut>(service: &str, settings: &ServerSettings, host: &HostArgs, body: F) -> ExitCode
+/// the server) and serves until a shutdown signal. `dir` is the directory
+/// the service writes to, checked first (not by `--check-config`, which
+/// touches no disk): exit 64 when it is unusable.
+pub fn host<F, Fut>(
+    service: &str,
+    settings: &ServerSettings,
+    host: &HostArgs,
+    dir: Option<(PathBuf, &str)>,
+    body: F,
+) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<BoundServer>>,
@@ -178,6 +258,11 @@ where
     if host.check_config {
         println!("configuration OK");
         return ExitCode::SUCCESS;
+    }
+    if let Some((dir, key)) = dir
+        && let Err(errors) = data_dir_ready(&dir, key)
+    {
+        return config_failure(&errors);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -213,3 +298,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -337,3 +337,67 @@ fn bad_flag_and_env_values_exit_64_help_and_version_exit_0() -> Result<()> {
     }
     Ok(())
 }
+
+/// A run as an ordinary user must not end in a bare "Permission denied":
+/// an unusable data directory is named, with the flag to change it.
+#[test]
+fn an_unusable_data_dir_exits_64_naming_it_and_the_flag() -> Result<()> {
+    let dir = Workdir::new()?;
+    let metadata = dir.path().join("metadata");
+    stable_metadata(&metadata, 10)?;
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "")?;
+    let data = file.join("data");
+    let (metadata, data) = (metadata.to_str().unwrap(), data.to_str().unwrap());
+    for args in [
+        &["serve", "graph", "--metadata", metadata, "--data-dir", data][..],
+        &["serve", "lock", "--data-dir", data],
+    ] {
+        let output = std::process::Command::new(upshift_integration::bin("upshift")?)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "server.data_dir: {data}: cannot create the directory"
+            )),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--data-dir DIR"), "{stderr}");
+    }
+    Ok(())
+}
+
+/// Under systemd, `StateDirectory=` sets `$STATE_DIRECTORY`: the default
+/// data directory.
+#[test]
+fn state_directory_is_the_default_data_dir() -> Result<()> {
+    let dir = Workdir::new()?;
+    let metadata = dir.path().join("metadata");
+    stable_metadata(&metadata, 10)?;
+    let state = dir.path().join("state");
+    let addr_file = dir.path().join("graph.addr");
+    let mut child = std::process::Command::new(upshift_integration::bin("upshift")?)
+        .args(["serve", "graph", "--metadata"])
+        .arg(&metadata)
+        .args(["--listen", "127.0.0.1:0", "--addr-file"])
+        .arg(&addr_file)
+        .env("STATE_DIRECTORY", &state)
+        .env_remove("UPSHIFT_DATA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let written = loop {
+        if state.join("graph-state.json").is_file() || std::time::Instant::now() > deadline {
+            break state.join("graph-state.json").is_file();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill()?;
+    child.wait()?;
+    assert!(written, "graph state not written under $STATE_DIRECTORY");
+    Ok(())
+}

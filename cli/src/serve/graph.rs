@@ -60,7 +60,8 @@ pub fn run(args: GraphArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let settings = config.server.clone();
-    host("graph", &settings, &args.host, || async move {
+    let dir = Some((settings.data_dir.clone(), "server.data_dir"));
+    host("graph", &settings, &args.host, dir, || async move {
         bind(
             config,
             streams,

@@ -10,7 +10,7 @@ use upshift_common::telemetry::Metrics;
 use upshift_lock::config::DEFAULT_PORT;
 use upshift_lock::{LockConfig, LockSettings};
 
-use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host, store_dir};
 
 /// Flags of `upshift serve lock`.
 #[derive(Debug, Args)]
@@ -59,7 +59,8 @@ pub fn run(args: LockArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let server = config.server.clone();
-    host("lock", &server, &args.host, || async move {
+    let dir = store_dir(&config.store, &server.data_dir);
+    host("lock", &server, &args.host, dir, || async move {
         let store = config.store.open(&config.server.data_dir).await?;
         bind(
             &config,

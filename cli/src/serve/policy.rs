@@ -11,7 +11,7 @@ use upshift_common::telemetry::Metrics;
 use upshift_policy::config::{DEFAULT_PORT, PolicyConfig};
 use upshift_policy::store::UpshiftStore;
 
-use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host, store_dir};
 
 /// Flags of `upshift serve policy`.
 #[derive(Debug, Args)]
@@ -59,7 +59,8 @@ pub fn run(args: PolicyArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let server = config.server.clone();
-    host("policy", &server, &args.host, || async move {
+    let dir = store_dir(&config.store, &server.data_dir);
+    host("policy", &server, &args.host, dir, || async move {
         let store = config.store.open(&config.server.data_dir).await?;
         bind(
             &config,

@@ -10,7 +10,7 @@ use upshift_common::telemetry::Metrics;
 use upshift_telemetry::config::DEFAULT_PORT;
 use upshift_telemetry::{TelemetryConfig, TelemetrySettings};
 
-use super::{FileConfig, HostArgs, StoreArgs, config_failure, host};
+use super::{FileConfig, HostArgs, StoreArgs, config_failure, host, store_dir};
 
 /// Flags of `upshift serve telemetry`.
 #[derive(Debug, Args)]
@@ -57,7 +57,8 @@ pub fn run(args: TelemetryArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
     let server = config.server.clone();
-    host("telemetry", &server, &args.host, || async move {
+    let dir = store_dir(&config.store, &server.data_dir);
+    host("telemetry", &server, &args.host, dir, || async move {
         let store = config.store.open(&config.server.data_dir).await?;
         bind(
             &config,

@@ -319,7 +319,8 @@ pub struct ServeArgs {
     /// Listen address (gRPC and HTTP).
     #[arg(long, env = "UPSHIFT_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// State directory.
+    /// State directory (default: `$STATE_DIRECTORY` under systemd, else
+    /// /var/lib/upshift).
     #[arg(long, env = "UPSHIFT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// PEM certificate chain (enables TLS with --tls-key).
