@@ -46,7 +46,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     ("lock", &["kind", "url", "ttl"]),
     ("sessions", &["max_postpone", "message"]),
-    ("telemetry", &["url", "interval"]),
+    ("telemetry", &["url", "interval", "otlp_endpoint"]),
     ("state", &["state_dir", "run_dir"]),
     ("tls", &["ca_file", "cert_file", "key_file"]),
     ("os", &["backend", "simulated_state_file", "fail_versions"]),

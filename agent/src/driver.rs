@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use upshift_common::clock::{Clock, SharedClock};
 
 use crate::hints::{self, Hint, HintSource, NodeView};
@@ -23,6 +24,9 @@ use crate::settings::Settings;
 use crate::status::{ErrorKind, LastError, Status, state_name};
 
 mod gates;
+mod update_trace;
+
+use update_trace::UpdateTrace;
 
 pub use gates::error_chain;
 
@@ -155,10 +159,13 @@ pub async fn run_with<O: OsBackend>(
         booted: booted.clone(),
         denied: p.deny_list.iter().cloned().collect(),
     });
+    // An update persisted by an earlier run continues its trace.
+    let trace = UpdateTrace::resume(p.traceparent.clone());
     let hints = hints::spawn(
         settings.clone(),
         ident.clone(),
         node.subscribe(),
+        trace.subscribe(),
         rt.clock.clone(),
         (rt.rng)(),
         cancel.clone(),
@@ -186,6 +193,7 @@ pub async fn run_with<O: OsBackend>(
         hints,
         node,
         lock,
+        trace,
         targets: HashMap::new(),
         retry_at: None,
         force: None,
@@ -222,6 +230,7 @@ struct Driver<'a, O> {
     hints: HintSource,
     node: watch::Sender<NodeView>,
     lock: RebootLock,
+    trace: UpdateTrace,
     targets: HashMap<String, Release>,
     /// When the pending retry (staging backoff, gate re-check) is due.
     retry_at: Option<SystemTime>,
@@ -321,7 +330,10 @@ impl<O: OsBackend> Driver<'_, O> {
     /// The event the current hint means in `Idle`/`DeadEnd`, if it changes
     /// anything.
     fn hint_event(&mut self) -> Option<Event> {
-        let hint = self.hints.feed.borrow().hint.clone()?;
+        let (hint, source) = {
+            let f = self.hints.feed.borrow();
+            (f.hint.clone()?, f.hint_trace.clone())
+        };
         let dead = matches!(self.state, State::DeadEnd { .. });
         match hint {
             Hint::Update(r)
@@ -330,6 +342,7 @@ impl<O: OsBackend> Driver<'_, O> {
                     && !self.p.deny_list.contains(&r.version) =>
             {
                 let target = r.version.clone();
+                self.begin_update(&target, source.as_deref());
                 self.targets.insert(target.clone(), r);
                 Some(Event::UpdateFound { target })
             }
@@ -386,6 +399,11 @@ impl<O: OsBackend> Driver<'_, O> {
     }
 
     async fn act(&mut self, a: Action) -> Result<Option<Event>, DriverError> {
+        let span = self.action_span(&a);
+        self.perform(a).instrument(span).await
+    }
+
+    async fn perform(&mut self, a: Action) -> Result<Option<Event>, DriverError> {
         Ok(match a {
             Action::ReleaseLockIfHeld => Some(self.report_steady().await?),
             Action::Stage { target } => Some(self.stage(target).await?),
@@ -400,23 +418,14 @@ impl<O: OsBackend> Driver<'_, O> {
                 );
                 self.p.deny_list.insert(target);
                 self.save()?;
+                self.trace.end(Some("release denied after failed staging"));
                 self.targets.clear();
                 self.node
                     .send_modify(|n| n.denied = self.p.deny_list.iter().cloned().collect());
                 None
             }
             Action::CheckGates => Some(self.check_gates().await?),
-            Action::Finalize { .. } => match self.os.finalize().await {
-                Ok(()) => {
-                    self.updates += 1;
-                    Some(Event::Finalized)
-                }
-                Err(e) => {
-                    self.record_error(ErrorKind::FinalizeFailed, e.to_string());
-                    self.retry_at = Some(self.clock.now() + GATE_RETRY);
-                    Some(Event::FinalizeFailed)
-                }
-            },
+            Action::Finalize { .. } => Some(self.finalize().await),
             Action::Reboot => {
                 self.os.reboot().await?;
                 None
@@ -444,6 +453,21 @@ impl<O: OsBackend> Driver<'_, O> {
         })
     }
 
+    async fn finalize(&mut self) -> Event {
+        match self.os.finalize().await {
+            Ok(()) => {
+                self.updates += 1;
+                Event::Finalized
+            }
+            Err(e) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                self.record_error(ErrorKind::FinalizeFailed, e.to_string());
+                self.retry_at = Some(self.clock.now() + GATE_RETRY);
+                Event::FinalizeFailed
+            }
+        }
+    }
+
     async fn report_steady(&mut self) -> Result<Event, DriverError> {
         if self.p.lock_held {
             if let Err(e) = self.lock.release().await {
@@ -453,7 +477,9 @@ impl<O: OsBackend> Driver<'_, O> {
             self.p.lock_held = false;
         }
         self.p.pending_target = None;
+        self.p.traceparent = None;
         self.save()?;
+        self.trace.end(None);
         Ok(Event::SteadyReported)
     }
 
@@ -475,10 +501,13 @@ impl<O: OsBackend> Driver<'_, O> {
         match result {
             Ok(()) => {
                 self.p.pending_target = Some(target);
+                // The next run (after the reboot) continues this trace.
+                self.p.traceparent = self.trace.traceparent();
                 self.save()?;
                 Ok(Event::StageSucceeded)
             }
             Err(e) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
                 self.record_error(ErrorKind::StagingFailed, e.to_string());
                 *self.p.failure_counts.entry(target).or_default() += 1;
                 self.save()?;
@@ -501,6 +530,19 @@ impl<O: OsBackend> Driver<'_, O> {
         });
     }
 
+    /// The target being worked on, if any.
+    fn pending(&self) -> Option<String> {
+        match &self.state {
+            State::UpdateAvailable { target }
+            | State::Staging { target, .. }
+            | State::Staged { target }
+            | State::WaitingForGates { target }
+            | State::Finalizing { target }
+            | State::Rebooting { target } => Some(target.clone()),
+            _ => None,
+        }
+    }
+
     /// Publishes the status (and folds hint-source errors into it).
     fn publish(&mut self) {
         let feed = self.hints.feed.borrow().clone();
@@ -515,15 +557,7 @@ impl<O: OsBackend> Driver<'_, O> {
         } else {
             upshift_common::window::next_open(&self.s.windows, now.into()).map(SystemTime::from)
         };
-        let target = match &self.state {
-            State::UpdateAvailable { target }
-            | State::Staging { target, .. }
-            | State::Staged { target }
-            | State::WaitingForGates { target }
-            | State::Finalizing { target }
-            | State::Rebooting { target } => Some(target.clone()),
-            _ => None,
-        };
+        let target = self.pending();
         let st = Status {
             state: state_name(&self.state),
             state_since: self.state_since,
@@ -545,6 +579,7 @@ impl<O: OsBackend> Driver<'_, O> {
             updates: self.updates,
             failures: self.failures,
             deny_list: self.p.deny_list.iter().cloned().collect(),
+            traceparent: self.trace.traceparent(),
         };
         self.status.send_if_modified(|s| {
             if *s == st {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use upshift_common::clock::SharedClock;
 use upshift_proto::policy::v1 as pb;
 use upshift_proto::policy::v1::policy_service_client::PolicyServiceClient;
@@ -59,6 +60,10 @@ pub struct Feed {
     pub last_check: Option<SystemTime>,
     /// The last failure.
     pub last_error: Option<String>,
+    /// `traceparent` of the call that delivered `hint` (the stream's
+    /// connect, or a unary check); `None` for Cincinnati polls. The update
+    /// the hint starts links to it.
+    pub hint_trace: Option<String>,
 }
 
 /// What the driver tells the hint source about the node; a change re-opens
@@ -82,6 +87,11 @@ struct Task {
     settings: Settings,
     ident: Ident,
     node: watch::Receiver<NodeView>,
+    /// `traceparent` of the update in progress, if any.
+    trace: watch::Receiver<Option<String>>,
+    /// The update in progress when the task started: the run's first
+    /// connect (after the reboot, the new booted version) belongs to it.
+    first_trace: Option<String>,
     poke: Arc<Notify>,
     clock: SharedClock,
     feed: watch::Sender<Feed>,
@@ -91,21 +101,27 @@ struct Task {
     cancel: CancellationToken,
 }
 
-/// Starts the hint task; it ends with `cancel`.
+/// Starts the hint task; it ends with `cancel`. Calls made while `trace`
+/// names an update (the stream's connect after the reboot, `check-now`)
+/// are part of that update's trace.
 pub fn spawn(
     settings: Settings,
     ident: Ident,
     node: watch::Receiver<NodeView>,
+    trace: watch::Receiver<Option<String>>,
     clock: SharedClock,
     rng: Rng,
     cancel: CancellationToken,
 ) -> HintSource {
     let (tx, rx) = watch::channel(Feed::default());
     let poke = Arc::new(Notify::new());
+    let first_trace = trace.borrow().clone();
     let task = Task {
         settings,
         ident,
         node,
+        first_trace,
+        trace,
         poke: poke.clone(),
         clock,
         feed: tx,
@@ -126,11 +142,18 @@ impl Task {
     }
 
     fn publish(&self, hint: Option<Hint>, error: Option<String>) {
-        self.publish_counted(hint, error, false);
+        self.publish_counted(hint, error, false, None);
     }
 
-    /// Publishes in one update, so readers never see a count without its hint.
-    fn publish_counted(&self, hint: Option<Hint>, error: Option<String>, pushed: bool) {
+    /// Publishes in one update, so readers never see a count without its
+    /// hint; `source` is the `traceparent` of the call that brought it.
+    fn publish_counted(
+        &self,
+        hint: Option<Hint>,
+        error: Option<String>,
+        pushed: bool,
+        source: Option<&str>,
+    ) {
         let now = self.clock.now();
         self.feed.send_modify(|f| {
             if pushed {
@@ -138,6 +161,7 @@ impl Task {
             }
             if let Some(h) = hint {
                 f.hint = Some(h);
+                f.hint_trace = source.map(str::to_owned);
                 f.checks += 1;
                 f.last_check = Some(now);
             }
@@ -237,18 +261,42 @@ impl Task {
         }
     }
 
+    /// A client span for one call to the policy service: part of the
+    /// update in progress, else a root.
+    fn call_span(&self, span: tracing::Span) -> tracing::Span {
+        crate::trace::adopt(span, self.trace.borrow().as_deref())
+    }
+
+    /// [`Self::call_span`] for a stream connect; the run's first one
+    /// belongs to the update in progress when the run started.
+    fn connect_span(&mut self, span: tracing::Span) -> tracing::Span {
+        match self.first_trace.take() {
+            Some(tp) => crate::trace::adopt(span, Some(&tp)),
+            None => self.call_span(span),
+        }
+    }
+
     async fn watch_once(
         &mut self,
         client: &mut PolicyServiceClient<tonic::transport::Channel>,
         token: &mut String,
     ) -> StreamEnd {
         self.node.mark_unchanged();
-        let req = pb::WatchUpdateHintsRequest {
+        let mut req = tonic::Request::new(pb::WatchUpdateHintsRequest {
             identity: Some(self.identity()),
             resume_token: token.clone(),
-        };
+        });
+        // The span covers the call, not the hours the stream stays open.
+        let span = self.connect_span(tracing::info_span!(
+            parent: None,
+            "policy.watch_update_hints",
+            otel.kind = "client",
+            rpc.method = "WatchUpdateHints"
+        ));
+        crate::trace::inject(&span, req.metadata_mut());
+        let source = crate::trace::traceparent(&span);
         let mut stream = tokio::select! {
-            r = client.watch_update_hints(req) => match r {
+            r = client.watch_update_hints(req).instrument(span) => match r {
                 Ok(s) => s.into_inner(),
                 Err(e) => return StreamEnd::Failed(format!("WatchUpdateHints: {}", e.message())),
             },
@@ -283,7 +331,9 @@ impl Task {
             }
             use pb::watch_update_hints_response::Event;
             match msg.event {
-                Some(Event::Hint(h)) => self.publish_counted(Some(from_proto(&h)), None, true),
+                Some(Event::Hint(h)) => {
+                    self.publish_counted(Some(from_proto(&h)), None, true, source.as_deref())
+                }
                 Some(Event::Reconnect(r)) => {
                     let d = r
                         .retry_after
@@ -304,9 +354,19 @@ impl Task {
             identity: Some(self.identity()),
         });
         req.set_timeout(Duration::from_secs(10));
-        match client.get_update_hint(req).await {
+        let span = self.call_span(tracing::info_span!(
+            parent: None,
+            "policy.get_update_hint",
+            otel.kind = "client",
+            rpc.method = "GetUpdateHint"
+        ));
+        crate::trace::inject(&span, req.metadata_mut());
+        let source = crate::trace::traceparent(&span);
+        match client.get_update_hint(req).instrument(span).await {
             Ok(r) => match r.into_inner().hint {
-                Some(h) => self.publish(Some(from_proto(&h)), None),
+                Some(h) => {
+                    self.publish_counted(Some(from_proto(&h)), None, false, source.as_deref())
+                }
                 None => self.publish(None, Some("GetUpdateHint: empty answer".into())),
             },
             Err(e) => self.publish(None, Some(format!("GetUpdateHint: {}", e.message()))),

@@ -4,8 +4,9 @@
 //! pure state machine ([`machine`]) and its driver ([`driver`]) with hints
 //! ([`hints`]), the reboot lock ([`lock`]), OS backends ([`os`]), persisted
 //! state ([`persist`]), status, metrics and control sockets ([`status`],
-//! [`local`]), telemetry reports ([`telemetry`]) and an in-process entry
-//! point for simulated fleets ([`embed`]).
+//! [`local`]), telemetry reports ([`telemetry`]), tracing and OTLP export
+//! ([`trace`]) and an in-process entry point for simulated fleets
+//! ([`embed`]).
 
 pub mod app;
 pub mod cincinnati;
@@ -23,3 +24,4 @@ pub mod persist;
 pub mod settings;
 pub mod status;
 pub mod telemetry;
+pub mod trace;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
 
@@ -206,45 +207,23 @@ impl RebootLock {
 
     fn start_acquire(&mut self) -> watch::Receiver<Acquiring> {
         let (tx, rx) = watch::channel(Acquiring::Connecting);
-        let mut client = self.grpc.clone().expect("grpc lock has a client");
+        let client = self.grpc.clone().expect("grpc lock has a client");
         let mut req = tonic::Request::new(pb::AcquireRequest {
             id: self.id.clone(),
             group: self.group.clone(),
             ttl: Some(upshift_common::grpc::duration(self.ttl)),
         });
-        upshift_common::telemetry::inject_context(req.metadata_mut());
-        let task = tokio::spawn(async move {
-            let mut stream = match client.acquire(req).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    let _ = tx.send(Acquiring::Failed(format!("Acquire: {}", e.message())));
-                    return;
-                }
-            };
-            loop {
-                use pb::acquire_response::Event;
-                let next = match stream.message().await {
-                    Ok(Some(pb::AcquireResponse {
-                        event: Some(Event::Queued(q)),
-                    })) => Acquiring::Queued {
-                        position: q.position,
-                        queue_length: q.queue_length,
-                        reason: q.reason,
-                    },
-                    Ok(Some(pb::AcquireResponse {
-                        event: Some(Event::Granted(_)),
-                    })) => Acquiring::Granted,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => Acquiring::Failed("Acquire ended without a grant".into()),
-                    Err(e) => Acquiring::Failed(format!("Acquire: {}", e.message())),
-                };
-                let done = !matches!(next, Acquiring::Queued { .. });
-                let _ = tx.send(next);
-                if done {
-                    return;
-                }
-            }
-        });
+        // A client span from the call to the grant (the wait in the queue),
+        // a child of the caller's (the update's gates); the lock service's
+        // server span joins it through the metadata.
+        let span = tracing::info_span!(
+            "lock.acquire",
+            otel.kind = "client",
+            rpc.method = "Acquire",
+            group = %self.group
+        );
+        crate::trace::inject(&span, req.metadata_mut());
+        let task = tokio::spawn(acquire_call(client, req, tx).instrument(span));
         self.acquiring = Some((rx.clone(), task));
         rx
     }
@@ -257,6 +236,8 @@ impl RebootLock {
         let every = (self.ttl / 3).max(Duration::from_millis(100));
         let lost = self.lost.clone();
         lost.store(false, Ordering::SeqCst);
+        // Keepalives join the caller's trace without keeping its span open.
+        let parent = crate::trace::traceparent(&tracing::Span::current());
         self.keepalive = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -265,7 +246,17 @@ impl RebootLock {
                     group: group.clone(),
                 });
                 req.set_timeout(CALL_TIMEOUT);
-                match client.keepalive(req).await {
+                let span = crate::trace::adopt(
+                    tracing::info_span!(
+                        parent: None,
+                        "lock.keepalive",
+                        otel.kind = "client",
+                        rpc.method = "Keepalive"
+                    ),
+                    parent.as_deref(),
+                );
+                crate::trace::inject(&span, req.metadata_mut());
+                match client.keepalive(req).instrument(span).await {
                     Ok(_) => {}
                     Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                         lost.store(true, Ordering::SeqCst);
@@ -311,9 +302,15 @@ impl RebootLock {
                     group: self.group.clone(),
                 });
                 req.set_timeout(CALL_TIMEOUT);
-                upshift_common::telemetry::inject_context(req.metadata_mut());
+                let span = tracing::info_span!(
+                    "lock.release",
+                    otel.kind = "client",
+                    rpc.method = "Release"
+                );
+                crate::trace::inject(&span, req.metadata_mut());
                 client
                     .release(req)
+                    .instrument(span)
                     .await
                     .map_err(|e| LockError::Grpc(format!("Release: {}", e.message())))?;
             }
@@ -328,11 +325,14 @@ impl RebootLock {
         let http = self
             .http
             .get_or_init(|| http_client(self.tls.as_ref(), CALL_TIMEOUT));
+        let span = tracing::info_span!("lock.fleetlock", otel.kind = "client", op);
         let resp = http
             .post(format!("{}/v1/{op}", self.url.trim_end_matches('/')))
             .header("fleet-lock-protocol", "true")
+            .headers(crate::trace::http_headers(&span))
             .json(&body)
             .send()
+            .instrument(span)
             .await
             .map_err(|source| LockError::Http { op, source })?;
         let status = resp.status().as_u16();
@@ -352,5 +352,44 @@ impl RebootLock {
             status,
             body: text.chars().take(200).collect(),
         })
+    }
+}
+
+/// One waiting `Acquire` call: publishes its progress on `tx` until the
+/// grant or a failure.
+async fn acquire_call(
+    mut client: LockServiceClient<tonic::transport::Channel>,
+    req: tonic::Request<pb::AcquireRequest>,
+    tx: watch::Sender<Acquiring>,
+) {
+    let mut stream = match client.acquire(req).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => {
+            let _ = tx.send(Acquiring::Failed(format!("Acquire: {}", e.message())));
+            return;
+        }
+    };
+    loop {
+        use pb::acquire_response::Event;
+        let next = match stream.message().await {
+            Ok(Some(pb::AcquireResponse {
+                event: Some(Event::Queued(q)),
+            })) => Acquiring::Queued {
+                position: q.position,
+                queue_length: q.queue_length,
+                reason: q.reason,
+            },
+            Ok(Some(pb::AcquireResponse {
+                event: Some(Event::Granted(_)),
+            })) => Acquiring::Granted,
+            Ok(Some(_)) => continue,
+            Ok(None) => Acquiring::Failed("Acquire ended without a grant".into()),
+            Err(e) => Acquiring::Failed(format!("Acquire: {}", e.message())),
+        };
+        let done = !matches!(next, Acquiring::Queued { .. });
+        let _ = tx.send(next);
+        if done {
+            return;
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct Persisted {
     /// Updates paused locally (`upshift-agent pause`).
     #[serde(default)]
     pub paused: bool,
+    /// W3C `traceparent` of the update of `pending_target`: the spans of
+    /// the next run (steady state after the reboot) join its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Path of the state file.
@@ -66,6 +70,7 @@ mod tests {
         let mut p = Persisted {
             pending_target: Some("2".into()),
             lock_held: true,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             ..Default::default()
         };
         p.deny_list.insert("3".into());
@@ -73,5 +78,19 @@ mod tests {
         save(&dir, &p).unwrap();
         assert_eq!(load(&dir).unwrap(), p);
         assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn state_of_an_older_agent_loads() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            path(t.path()),
+            r#"{"pending_target": "2", "deny_list": [], "failure_counts": {}, "lock_held": true}"#,
+        )
+        .unwrap();
+        let p = load(t.path()).unwrap();
+        assert_eq!(p.pending_target.as_deref(), Some("2"));
+        assert_eq!(p.traceparent, None);
+        assert!(!p.paused);
     }
 }

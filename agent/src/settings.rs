@@ -58,6 +58,8 @@ pub struct Settings {
     pub tls: Option<crate::net::ClientTls>,
     /// Heartbeat of telemetry reports when nothing changes.
     pub telemetry_interval: Duration,
+    /// OTLP gRPC collector for the agent's spans; no export when unset.
+    pub otlp_endpoint: Option<String>,
     pub state_dir: PathBuf,
     /// Directory of the metrics and control sockets (default `<root>/run/upshift`).
     pub run_dir: PathBuf,
@@ -164,6 +166,16 @@ impl V<'_> {
             }
         }
         out
+    }
+    /// An `http://` or `https://` collector URL, as the services take it.
+    fn otlp_endpoint(&mut self, key: &str) -> Option<String> {
+        let url = self.str(key)?;
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || tonic::transport::Endpoint::from_shared(url.clone()).is_err() {
+            self.err(key, format!("{url:?} must be an http:// or https:// URL"));
+            return None;
+        }
+        Some(url)
     }
     fn choice<T: Copy>(&mut self, key: &str, opts: &[(&str, T)], default: T) -> T {
         match self.str(key) {
@@ -290,6 +302,7 @@ impl Settings {
             }),
             telemetry_url: v.str("telemetry.url"),
             telemetry_interval: v.dur("telemetry.interval", Duration::from_secs(60)),
+            otlp_endpoint: v.otlp_endpoint("telemetry.otlp_endpoint"),
             tls: v.tls(root),
             run_dir,
             os_backend: v.choice(
@@ -358,6 +371,7 @@ mod tests {
         assert_eq!(s.lock_kind, LockKind::Immediate);
         assert_eq!(s.state_dir, PathBuf::from("/r/var/lib/upshift"));
         assert_eq!(s.poll_interval, Duration::from_secs(300));
+        assert_eq!(s.otlp_endpoint, None, "no span export unless configured");
     }
 
     #[test]
@@ -368,6 +382,7 @@ mod tests {
             ("updates.poll_interval", "soon".into()),
             ("lock.kind", "grpc".into()),
             ("os.backend", "zypper".into()),
+            ("telemetry.otlp_endpoint", "collector:4317".into()),
         ]);
         let errs = Settings::validate(&m, Path::new("/")).unwrap_err();
         let keys: Vec<_> = errs.iter().filter_map(|e| e.key.clone()).collect();
@@ -377,6 +392,7 @@ mod tests {
             "updates.poll_interval",
             "lock.url",
             "os.backend",
+            "telemetry.otlp_endpoint",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
@@ -436,12 +452,14 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
             d.join("50.toml"),
-            "[os]\nbackend = \"simulated\"\nfail_versions = [\"2\"]\n[lock]\nkind = \"fleetlock\"\nurl = \"http://x\"\nttl = \"5m\"\n",
+            "[os]\nbackend = \"simulated\"\nfail_versions = [\"2\"]\n[lock]\nkind = \"fleetlock\"\nurl = \"http://x\"\nttl = \"5m\"\n\
+             [telemetry]\notlp_endpoint = \"http://collector:4317\"\n",
         )
         .unwrap();
         let s = Settings::validate(&load(t.path()).unwrap(), t.path()).unwrap();
         assert_eq!(s.os_backend, OsBackend::Simulated);
         assert_eq!(s.fail_versions, vec!["2".to_string()]);
         assert_eq!(s.lock_ttl, Duration::from_secs(300));
+        assert_eq!(s.otlp_endpoint.as_deref(), Some("http://collector:4317"));
     }
 }

@@ -121,6 +121,8 @@ pub struct Status {
     pub updates: u64,
     pub failures: u64,
     pub deny_list: Vec<String>,
+    /// W3C `traceparent` of the update in progress (reported to telemetry).
+    pub traceparent: Option<String>,
 }
 
 impl Status {
@@ -144,6 +146,7 @@ impl Status {
             updates: 0,
             failures: 0,
             deny_list: Vec::new(),
+            traceparent: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use upshift_common::clock::SharedClock;
 use upshift_common::grpc::timestamp;
 use upshift_proto::telemetry::v1 as pb;
@@ -101,6 +102,8 @@ pub fn host_status(base: &pb::HostStatus, st: &Status, now: SystemTime) -> pb::H
     h.observed_at = Some(timestamp(now));
     h.state_since = Some(timestamp(st.state_since));
     h.lock_held = st.lock_held;
+    // The telemetry service's report span (and any halt) joins the update.
+    h.traceparent = st.traceparent.clone().unwrap_or_default();
     h
 }
 
@@ -141,10 +144,19 @@ impl Reporter {
     ) -> Result<(), String> {
         let (tx, rx) = mpsc::channel(4);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        upshift_common::telemetry::inject_context(req.metadata_mut());
+        // The stream outlives any update: its own short span, a root. Each
+        // report joins its update through `HostStatus.traceparent`.
+        let span = tracing::info_span!(
+            parent: None,
+            "telemetry.connect",
+            otel.kind = "client",
+            rpc.method = "Report"
+        );
+        crate::trace::inject(&span, req.metadata_mut());
         self.send(&tx)?;
         let mut acks = client
             .report(req)
+            .instrument(span)
             .await
             .map_err(|e| format!("Report: {}", e.message()))?
             .into_inner();

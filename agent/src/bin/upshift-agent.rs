@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use upshift_agent::{app, os, settings};
+use upshift_agent::{app, driver, os, settings, trace};
 
 const USAGE: &str = "usage: upshift-agent [--root DIR] (config show | run | status | check-now | pause | resume | finalize-now [--force])";
 
@@ -76,13 +76,6 @@ fn control(root: &Path, line: &str) -> ExitCode {
 }
 
 fn run(root: &Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let s = match app::load_settings(root) {
         Ok(s) => s,
         Err(errs) => return config_errors(errs),
@@ -97,7 +90,42 @@ fn run(root: &Path) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::from(70);
     };
-    let result = match s.os_backend {
+    // The OTLP exporter (only with `telemetry.otlp_endpoint`) lives on this runtime.
+    let guard = match rt.block_on(async { trace::init(s.otlp_endpoint.as_deref()) }) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tracing: {}", driver::error_chain(&e));
+            return ExitCode::from(70);
+        }
+    };
+    let result = run_backend(&rt, &s, &ident);
+    // Spans still batched (the update's, before a reboot) go out now.
+    if guard.exporting() {
+        let _ = rt.block_on(tokio::task::spawn_blocking(move || drop(guard)));
+    }
+    match result {
+        Ok(driver::Exit::Rebooted) => {
+            sd_notify("STOPPING=1\nSTATUS=rebooting");
+            match s.os_backend {
+                settings::OsBackend::Simulated => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
+                // logind is taking the host down.
+                settings::OsBackend::RpmOstree => ExitCode::SUCCESS,
+            }
+        }
+        Ok(driver::Exit::Cancelled) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {}", driver::error_chain(&e));
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn run_backend(
+    rt: &tokio::runtime::Runtime,
+    s: &settings::Settings,
+    ident: &driver::Ident,
+) -> Result<driver::Exit, driver::DriverError> {
+    match s.os_backend {
         settings::OsBackend::Simulated => {
             let sim = os::Simulated {
                 file: s.simulated_state_file.clone(),
@@ -108,7 +136,7 @@ fn run(root: &Path) -> ExitCode {
                 },
             };
             sd_notify("READY=1\nSTATUS=running");
-            rt.block_on(app::run_agent(&s, &ident, &sim))
+            rt.block_on(app::run_agent(s, ident, &sim))
         }
         settings::OsBackend::RpmOstree => rt.block_on(async {
             let opts = os::rpm_ostree::RpmOstreeOptions {
@@ -117,23 +145,8 @@ fn run(root: &Path) -> ExitCode {
             };
             let host = os::rpm_ostree::RpmOstree::start(&os::dbus::Bus::System, opts).await?;
             sd_notify("READY=1\nSTATUS=running");
-            app::run_agent(&s, &ident, &host).await
+            app::run_agent(s, ident, &host).await
         }),
-    };
-    match result {
-        Ok(upshift_agent::driver::Exit::Rebooted) => {
-            sd_notify("STOPPING=1\nSTATUS=rebooting");
-            match s.os_backend {
-                settings::OsBackend::Simulated => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
-                // logind is taking the host down.
-                settings::OsBackend::RpmOstree => ExitCode::SUCCESS,
-            }
-        }
-        Ok(upshift_agent::driver::Exit::Cancelled) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("agent: {}", upshift_agent::driver::error_chain(&e));
-            ExitCode::from(70)
-        }
     }
 }
 

@@ -33,6 +33,7 @@ impl<O: OsBackend> Driver<'_, O> {
         let now = self.clock.now();
         match self.gates(now).await {
             Ok(Gate::Pass) => {
+                self.trace.gates_passed();
                 self.waiting_for.clear();
                 self.queue_position = None;
                 self.force = None;

@@ -84,7 +84,13 @@ pub fn init_tracing(opts: &TracingOptions) -> Result<TracingGuard, TelemetryErro
     Ok(TracingGuard { provider })
 }
 
-fn otlp_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+/// A tracer provider exporting spans in batches over OTLP gRPC to `endpoint`
+/// (for processes that install their own subscriber, such as the agent).
+/// Call it inside a Tokio runtime; the runtime must outlive the provider.
+pub fn otlp_provider(
+    endpoint: &str,
+    service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()

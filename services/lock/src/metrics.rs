@@ -1,6 +1,6 @@
 //! Lock service metrics (OpenTelemetry, exported by upshift-common's `Metrics`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use upshift_common::clock::SharedClock;
 
+use crate::semaphore::SemaphoreState;
 use crate::service::{Cache, epoch_secs};
 
 /// Instruments of the lock service.
@@ -62,56 +63,87 @@ impl LockMetrics {
     }
 
     /// Registers the per-group gauges, read from the cache at scrape time.
+    /// Configured groups (`configured`: name and slot count) are exported
+    /// even before their record exists, with their configured slots, no
+    /// holder and an empty queue.
     pub(crate) fn observe(
         &self,
         cache: Cache,
         queues: Arc<Mutex<HashMap<String, VecDeque<u64>>>>,
         clock: SharedClock,
+        configured: BTreeMap<String, u32>,
     ) {
-        let c = cache.clone();
+        let view = GroupView {
+            cache,
+            configured: Arc::new(configured),
+        };
+        let v = view.clone();
         self.meter
             .u64_observable_gauge("upshift_lock_slots")
             .with_description("Slot count per group.")
             .with_callback(move |o| {
-                for (g, s) in c.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    o.observe(
-                        u64::from(s.total_slots),
-                        &[KeyValue::new("group", g.clone())],
-                    );
-                }
+                v.each(|g, s| o.observe(u64::from(s.total_slots), &[group(g)]));
             })
             .build();
-        let c = cache.clone();
+        let v = view.clone();
         self.meter
             .u64_observable_gauge("upshift_lock_holders")
             .with_description("Slot holders per group.")
             .with_callback(move |o| {
-                for (g, s) in c.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    o.observe(s.holders.len() as u64, &[KeyValue::new("group", g.clone())]);
-                }
+                v.each(|g, s| o.observe(s.holders.len() as u64, &[group(g)]));
             })
             .build();
+        let v = view.clone();
         self.meter
             .u64_observable_gauge("upshift_lock_oldest_holder_age")
             .with_description("Age of the oldest hold per group.")
             .with_unit("s")
             .with_callback(move |o| {
                 let now = epoch_secs(clock.now());
-                for (g, s) in cache.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                v.each(|g, s| {
                     let oldest = s.holders.iter().map(|h| h.acquired_at).min();
-                    let age = oldest.map_or(0, |t| now.saturating_sub(t));
-                    o.observe(age, &[KeyValue::new("group", g.clone())]);
-                }
+                    o.observe(oldest.map_or(0, |t| now.saturating_sub(t)), &[group(g)]);
+                });
             })
             .build();
         self.meter
             .u64_observable_gauge("upshift_lock_queue_length")
             .with_description("gRPC waiters queued per group on this instance.")
             .with_callback(move |o| {
-                for (g, q) in queues.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    o.observe(q.len() as u64, &[KeyValue::new("group", g.clone())]);
+                let queues = queues.lock().unwrap_or_else(|p| p.into_inner());
+                for (g, q) in queues.iter() {
+                    o.observe(q.len() as u64, &[group(g)]);
+                }
+                for g in view.configured.keys().filter(|g| !queues.contains_key(*g)) {
+                    o.observe(0, &[group(g)]);
                 }
             })
             .build();
+    }
+}
+
+fn group(name: &str) -> KeyValue {
+    KeyValue::new("group", name.to_string())
+}
+
+/// The groups the gauges report: every cached record, and the configured
+/// groups that have none yet.
+#[derive(Debug, Clone)]
+struct GroupView {
+    cache: Cache,
+    configured: Arc<BTreeMap<String, u32>>,
+}
+
+impl GroupView {
+    fn each(&self, mut f: impl FnMut(&str, &SemaphoreState)) {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (g, s) in cache.iter() {
+            f(g, s);
+        }
+        for (g, slots) in self.configured.iter() {
+            if !cache.contains_key(g) {
+                f(g, &SemaphoreState::new(*slots));
+            }
+        }
     }
 }

@@ -128,10 +128,18 @@ impl LockService {
             shutdown,
         });
         let svc = Self { inner };
+        let configured = svc
+            .inner
+            .settings
+            .groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.slots))
+            .collect();
         svc.inner.metrics.observe(
             svc.inner.cache.clone(),
             svc.inner.queues.clone(),
             svc.inner.clock.clone(),
+            configured,
         );
         svc.reconcile().await?;
         let first_list = reaper::spawn_follower(svc.clone());

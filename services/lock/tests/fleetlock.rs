@@ -412,3 +412,27 @@ async fn store_outage_is_503_store_unavailable() {
     assert!(text.contains("upshift_lock_store_errors"), "{text}");
     s.stop().await;
 }
+
+/// A configured group shows on /metrics before anyone ever locked it (no
+/// stored record yet): its configured slots, no holder, no queue.
+#[tokio::test]
+async fn configured_groups_are_exported_before_their_first_lock() {
+    let s = Server::start(CONFIG, harness::mem_store(), SystemClock::shared()).await;
+    let (_, rev, _) = s.service.load("workers").await.unwrap();
+    assert_eq!(rev, 0, "no record stored yet");
+    for (name, value) in [
+        ("upshift_lock_slots", 2.0),
+        ("upshift_lock_holders", 0.0),
+        ("upshift_lock_oldest_holder_age_seconds", 0.0),
+        ("upshift_lock_queue_length", 0.0),
+    ] {
+        assert_eq!(s.metric(name, "workers").await, Some(value), "{name}");
+    }
+    assert_eq!(s.metric("upshift_lock_slots", "default").await, Some(1.0));
+    // After a first lock the stored record is what is reported.
+    let (st, _, _) = post(&s, "/v1/pre-reboot", zincati_body("a", "workers")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(s.metric("upshift_lock_holders", "workers").await, Some(1.0));
+    assert_eq!(s.metric("upshift_lock_slots", "workers").await, Some(2.0));
+    s.stop().await;
+}

@@ -59,7 +59,13 @@ pub(super) fn http_layer(router: Router, metrics: &Metrics) -> Router {
                 .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
             let method = req.method().as_str().to_string();
             let started = Instant::now();
-            let resp = next.run(req).await;
+            let resp = match http_server_span(&req, &route, &method) {
+                Some(span) => {
+                    use tracing::Instrument;
+                    next.run(req).instrument(span).await
+                }
+                None => next.run(req).await,
+            };
             let class = format!("{}xx", resp.status().as_u16() / 100);
             inst.record(
                 started,
@@ -72,6 +78,19 @@ pub(super) fn http_layer(router: Router, metrics: &Metrics) -> Router {
             resp
         })
     }))
+}
+
+/// A server span for a request that carries a W3C trace context (an
+/// agent's FleetLock call), child of the caller's span; requests without
+/// one (scrapes, probes) make no span.
+fn http_server_span(req: &Request, route: &str, method: &str) -> Option<tracing::Span> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    req.headers().get("traceparent")?;
+    let span = tracing::info_span!("http.server", otel.kind = "server", route, method);
+    let metadata = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+    // Without a tracing subscriber there is nothing to attach to.
+    let _ = span.set_parent(crate::telemetry::extract_context(&metadata));
+    Some(span)
 }
 
 /// Layer recording `upshift_grpc_server_requests_total` and `..._duration_seconds` by method and code.
