@@ -13,6 +13,9 @@ use upshift_common::clock::{SharedClock, epoch_secs};
 use crate::overrides::{AUDIT, Mark, Overrides, PREFIX, RolloutOverride, freeze_key, pause_key};
 use crate::store::{SharedKv, StoreError};
 
+/// Compare-and-swap attempts of one rollout change.
+const CAS_ATTEMPTS: u32 = 8;
+
 /// Handle for changing overrides.
 #[derive(Debug, Clone)]
 pub struct Control {
@@ -58,24 +61,19 @@ impl Control {
         reason: &str,
         actor: &str,
     ) -> Result<RolloutOverride, StoreError> {
-        let mut rec = self
-            .current()
-            .rollout(stream, version)
-            .cloned()
-            .unwrap_or_default();
-        let action = match (&rec.paused, rec.withdrawn, withdraw) {
-            (None, _, false) => "pause",
-            (None, _, true) => "withdraw",
-            (Some(_), false, true) => "withdraw",
-            (Some(_), _, _) => return Ok(rec),
-        };
-        if rec.paused.is_none() {
-            rec.paused = Some(self.mark(reason, actor));
-        }
-        rec.withdrawn = withdraw;
-        self.write_rollout(stream, version, &rec, action, reason, actor)
-            .await?;
-        Ok(rec)
+        self.change_rollout(stream, version, reason, actor, |rec, mark| {
+            let action = match (&rec.paused, rec.withdrawn, withdraw) {
+                (None, _, false) => "pause",
+                (None, _, true) | (Some(_), false, true) => "withdraw",
+                (Some(_), _, _) => return None,
+            };
+            if rec.paused.is_none() {
+                rec.paused = Some(mark);
+            }
+            rec.withdrawn = withdraw;
+            Some(action)
+        })
+        .await
     }
 
     /// Resumes a rollout, adding the paused interval to its offset.
@@ -86,38 +84,49 @@ impl Control {
         reason: &str,
         actor: &str,
     ) -> Result<RolloutOverride, StoreError> {
-        let mut rec = self
-            .current()
-            .rollout(stream, version)
-            .cloned()
-            .unwrap_or_default();
-        let Some(p) = rec.paused.take() else {
-            return Ok(rec);
-        };
-        let m = self.mark(reason, actor);
-        rec.paused_total += (m.at - p.at).max(0.0);
-        rec.resumed = Some(m);
-        rec.withdrawn = false;
-        self.write_rollout(stream, version, &rec, "resume", reason, actor)
-            .await?;
-        Ok(rec)
+        self.change_rollout(stream, version, reason, actor, |rec, mark| {
+            let p = rec.paused.take()?;
+            rec.paused_total += (mark.at - p.at).max(0.0);
+            rec.resumed = Some(mark);
+            rec.withdrawn = false;
+            Some("resume")
+        })
+        .await
     }
 
-    async fn write_rollout(
+    /// Read-modify-write of a rollout record, compare-and-swapped on the
+    /// record's revision in the store (not on this replica's copy, which may
+    /// lag another replica's change). `change` returns the audit action, or
+    /// `None` when there is nothing to do.
+    async fn change_rollout(
         &self,
         stream: &str,
         version: &str,
-        rec: &RolloutOverride,
-        action: &str,
         reason: &str,
         actor: &str,
-    ) -> Result<(), StoreError> {
+        change: impl Fn(&mut RolloutOverride, Mark) -> Option<&'static str>,
+    ) -> Result<RolloutOverride, StoreError> {
         let key = pause_key(stream, version);
-        let value = serde_json::to_vec(rec).unwrap_or_default();
-        self.store.put(&key, value.clone()).await?;
-        self.apply_local(&key, Some(&value));
-        self.audit(action, stream, version, reason, actor).await;
-        Ok(())
+        for attempt in 0..CAS_ATTEMPTS {
+            let (mut rec, rev) = match self.store.get(&key).await? {
+                Some((v, rev)) => (serde_json::from_slice(&v).unwrap_or_default(), rev),
+                None => (RolloutOverride::default(), 0),
+            };
+            let Some(action) = change(&mut rec, self.mark(reason, actor)) else {
+                return Ok(rec);
+            };
+            let value = serde_json::to_vec(&rec).unwrap_or_default();
+            if self.store.put_if(&key, value.clone(), rev).await? {
+                self.apply_local(&key, Some(&value));
+                self.audit(action, stream, version, reason, actor).await;
+                return Ok(rec);
+            }
+            let backoff = 5u64 << attempt.min(6);
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..=backoff))).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "{key} changed {CAS_ATTEMPTS} times while being written; try again"
+        )))
     }
 
     /// Freezes a stream (idempotent).

@@ -166,11 +166,14 @@ impl PolicyGrpc {
         r: &RolloutNode,
         o: &Overrides,
         now: SystemTime,
+        ws: &[f64],
     ) -> pb::Rollout {
         let stream = &view.key.stream;
         let t = throttle(view, &r.spec, &r.version, o, now);
-        let ws = self.hub.warinesses(stream);
-        let share = if ws.is_empty() {
+        let withdrawn = o
+            .rollout(stream, &r.version)
+            .is_some_and(|rec| rec.withdrawn);
+        let share = if ws.is_empty() || (withdrawn && o.pause(stream, &r.version).is_some()) {
             0.0
         } else {
             ws.iter().filter(|&&w| w <= t).count() as f64 / ws.len() as f64
@@ -214,10 +217,16 @@ impl PolicyGrpc {
         views.sort_by(|a, b| a.key.cmp(&b.key));
         let mut seen = std::collections::HashSet::new();
         let mut rollouts = Vec::new();
+        // One copy of the streams' warinesses per stream, not per rollout:
+        // the hub's registry lock is shared with 100,000 streams.
+        let mut ws: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
         for v in views {
             for r in &v.rollouts {
                 if seen.insert((v.key.stream.clone(), r.version.clone())) {
-                    rollouts.push(self.rollout_proto(v, r, &o, now));
+                    let ws = ws
+                        .entry(&v.key.stream)
+                        .or_insert_with(|| self.hub.warinesses(&v.key.stream));
+                    rollouts.push(self.rollout_proto(v, r, &o, now, ws));
                 }
             }
         }
@@ -261,7 +270,9 @@ impl RolloutAdminService for PolicyGrpc {
             .pause(&r.stream, &r.version, withdraw, &r.reason, &actor.0)
             .await
             .map_err(store_status)?;
-        let rollout = self.rollout_proto(&view, &node, &self.control.current(), self.clock.now());
+        let ws = self.hub.warinesses(&r.stream);
+        let rollout =
+            self.rollout_proto(&view, &node, &self.control.current(), self.clock.now(), &ws);
         Ok(Response::new(pb::PauseRolloutResponse {
             rollout: Some(rollout),
         }))
@@ -279,7 +290,9 @@ impl RolloutAdminService for PolicyGrpc {
             .resume(&r.stream, &r.version, &r.reason, &actor.0)
             .await
             .map_err(store_status)?;
-        let rollout = self.rollout_proto(&view, &node, &self.control.current(), self.clock.now());
+        let ws = self.hub.warinesses(&r.stream);
+        let rollout =
+            self.rollout_proto(&view, &node, &self.control.current(), self.clock.now(), &ws);
         Ok(Response::new(pb::ResumeRolloutResponse {
             rollout: Some(rollout),
         }))

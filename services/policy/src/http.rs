@@ -41,8 +41,23 @@ pub struct HttpState {
 /// The `/v1/graph` route.
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/v1/graph", get(graph))
+        .route("/v1/graph", get(graph).fallback(method_not_allowed))
         .with_state(state)
+}
+
+/// Any method but GET (and HEAD) on `/v1/graph`: a JSON error like every other.
+async fn method_not_allowed(State(s): State<HttpState>) -> Response {
+    s.metrics
+        .request("/v1/graph", "method_not_allowed", std::time::Duration::ZERO);
+    let mut r = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "only GET is supported",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// The query parameters; others are ignored.

@@ -31,8 +31,13 @@ pub enum StoreError {
 pub trait KvStore: Send + Sync + Debug + 'static {
     /// Every key under `prefix` and the revision the listing reflects.
     async fn list(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, u64), StoreError>;
+    /// A key's value and the revision of its last write.
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError>;
     /// Writes a key; returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, StoreError>;
+    /// Writes a key only if its last write is revision `expected` (0: the
+    /// key is absent); returns whether it wrote.
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: u64) -> Result<bool, StoreError>;
     /// Deletes a key (no error when absent); returns the new revision.
     async fn delete(&self, key: &str) -> Result<u64, StoreError>;
     /// Changes under `prefix` from revision `from` (inclusive).
@@ -44,7 +49,8 @@ pub type SharedKv = Arc<dyn KvStore>;
 
 #[derive(Debug, Default)]
 struct Inner {
-    data: BTreeMap<String, Vec<u8>>,
+    /// Value and revision of its last write, by key.
+    data: BTreeMap<String, (Vec<u8>, u64)>,
     log: Vec<Change>,
     revision: u64,
 }
@@ -70,6 +76,15 @@ impl MemoryStore {
     pub fn shared() -> SharedKv {
         Arc::new(Self::default())
     }
+
+    fn write(&self, g: &mut Inner, key: &str, value: Vec<u8>) -> u64 {
+        g.revision += 1;
+        let change = (key.to_owned(), Some(value.clone()), g.revision);
+        g.data.insert(key.to_owned(), (value, g.revision));
+        g.log.push(change.clone());
+        let _ = self.events.send(change);
+        g.revision
+    }
 }
 
 #[async_trait::async_trait]
@@ -80,19 +95,27 @@ impl KvStore for MemoryStore {
             .data
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect();
         Ok((kvs, g.revision))
     }
 
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        Ok(self.inner.lock().unwrap().data.get(key).cloned())
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, StoreError> {
         let mut g = self.inner.lock().unwrap();
-        g.revision += 1;
-        let change = (key.to_owned(), Some(value.clone()), g.revision);
-        g.data.insert(key.to_owned(), value);
-        g.log.push(change.clone());
-        let _ = self.events.send(change);
-        Ok(g.revision)
+        Ok(self.write(&mut g, key, value))
+    }
+
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: u64) -> Result<bool, StoreError> {
+        let mut g = self.inner.lock().unwrap();
+        if g.data.get(key).map_or(0, |(_, rev)| *rev) != expected {
+            return Ok(false);
+        }
+        self.write(&mut g, key, value);
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<u64, StoreError> {
@@ -169,9 +192,21 @@ impl KvStore for UpshiftStore {
         Ok((kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(), rev))
     }
 
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let kv = self.0.get(key).await.map_err(unavailable)?;
+        Ok(kv.map(|kv| (kv.value, kv.mod_revision)))
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, StoreError> {
         let txn = upshift_store::Txn::new().then(upshift_store::Op::put(key, value));
         Ok(self.0.txn(txn).await.map_err(unavailable)?.revision)
+    }
+
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: u64) -> Result<bool, StoreError> {
+        let txn = upshift_store::Txn::new()
+            .when_mod_revision(key, expected)
+            .then(upshift_store::Op::put(key, value));
+        Ok(self.0.txn(txn).await.map_err(unavailable)?.succeeded)
     }
 
     async fn delete(&self, key: &str) -> Result<u64, StoreError> {

@@ -272,6 +272,20 @@ async fn errors_are_json_from_the_fixed_set() {
         assert_eq!(v["kind"], kind, "{uri}");
         assert!(v["value"].is_string());
     }
+    let post = router(s.clone())
+        .oneshot(
+            Request::post("/v1/graph?basearch=x86_64&stream=stable")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers()[header::CONTENT_TYPE], "application/json");
+    assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+    let body = post.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["kind"], "method_not_allowed");
     let (_, state) = watch::channel(Arc::new(PolicyState::default()));
     let empty = HttpState { state, ..s };
     let (st, _, body) = get(&empty, "/v1/graph?basearch=x86_64&stream=stable", &[]).await;
