@@ -182,10 +182,11 @@ async fn halts_stored(store: &SharedStore) -> usize {
     store.list("telemetry/halts/").await.unwrap().0.len()
 }
 
+/// Audit records of the halt's pause (a halt withdraws the release: `PauseMode::Withdraw`).
 async fn pause_audits(store: &SharedStore) -> usize {
     let (kvs, _) = store.list("policy/audit/").await.unwrap();
     kvs.iter()
-        .filter(|kv| String::from_utf8_lossy(&kv.value).contains("\"action\":\"pause\""))
+        .filter(|kv| String::from_utf8_lossy(&kv.value).contains("\"action\":\"withdraw\""))
         .count()
 }
 
