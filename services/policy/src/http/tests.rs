@@ -396,11 +396,13 @@ async fn zincati_request_matches_get_update_hint() {
     let s = http_state(stable_view("058.json"), now, Overrides::default());
     let view = s.state.borrow().scopes.values().next().unwrap().clone();
     let booted = &view.graph.nodes()[45];
-    for uuid in [
-        "e0f3745b108f471cbd4883c6fbed8cdd",
-        "4d4a86c9c6644a479560ded5d19a30c5",
-        "0123456789abcdef0123456789abcdef",
-    ] {
+    let mut answers = BTreeSet::new();
+    // Ids on both sides of the rollout's throttle (about 0.5 a day in).
+    let uuids: Vec<String> = (0..32u64)
+        .map(|k| format!("{:032x}", k.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    for uuid in &uuids {
+        let uuid = uuid.as_str();
         let query = format!(
             "basearch=x86_64&os_checksum={}&os_version={}&group=default&node_uuid={uuid}&platform=metal&stream=stable&oci=false",
             booted.payload, booted.version
@@ -442,5 +444,10 @@ async fn zincati_request_matches_get_update_hint() {
             pb::update_hint::Decision::NoUpdate(_) => None,
         };
         assert_eq!(best, hinted, "{uuid}");
+        answers.insert(best);
     }
+    assert!(
+        answers.len() >= 2,
+        "the ids must include throttled and eligible nodes: {answers:?}"
+    );
 }
