@@ -1,6 +1,8 @@
 //! Harness for whole-mesh tests: starts the real `upshift` binaries as
-//! processes on OS-assigned ports in temp dirs, and keeps their logs when a
-//! test fails.
+//! processes on OS-assigned ports in temp dirs, and keeps their logs: the
+//! whole work dir when a test panics, the `*.log` files of every run under
+//! `target/integration-logs/<test>/` otherwise (a test that fails by
+//! returning an error drops its processes before anyone knows).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -244,9 +246,54 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// A temp directory kept (and printed) when the test panics.
+/// A temp directory kept (and printed) when the test panics. Otherwise its
+/// `*.log` files are copied to `target/integration-logs/<test name>/`
+/// (replacing the previous run's) before it is removed, so the logs of a
+/// test that failed by returning an error are kept too.
 #[derive(Debug)]
 pub struct Workdir(Option<tempfile::TempDir>);
+
+/// Where [`Workdir`] keeps the logs of the tests run by this executable.
+pub fn logs_dir() -> PathBuf {
+    bin_dir().parent().map_or_else(
+        || PathBuf::from("integration-logs"),
+        |t| t.join("integration-logs"),
+    )
+}
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    let name = std::thread::current()
+        .name()
+        .filter(|n| *n != "main" && !n.starts_with("tokio-"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    name.replace("::", "-")
+}
+
+/// Copies every `*.log` under `from` (two levels deep) to `to`.
+fn archive_logs(from: &Path, to: &Path) -> std::io::Result<usize> {
+    let _ = std::fs::remove_dir_all(to);
+    let mut copied = 0;
+    let mut dirs = vec![(from.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() && depth < 2 {
+                dirs.push((path, depth + 1));
+            } else if path.extension().is_some_and(|e| e == "log") {
+                let rel = path.strip_prefix(from).unwrap_or(&path);
+                let dest = to.join(rel);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(&path, dest)?;
+                copied += 1;
+            }
+        }
+    }
+    Ok(copied)
+}
 
 impl Workdir {
     /// A new temp dir.
@@ -264,10 +311,50 @@ impl Workdir {
 
 impl Drop for Workdir {
     fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(dir) = self.0.take()
-        {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        if std::thread::panicking() {
             eprintln!("--- keeping work dir {}", dir.keep().display());
+            return;
         }
+        let to = logs_dir().join(test_name());
+        match archive_logs(dir.path(), &to) {
+            Ok(0) => {}
+            Ok(n) => eprintln!("--- {n} log files kept in {}", to.display()),
+            Err(e) => eprintln!(
+                "--- could not keep the logs of {}: {e}",
+                dir.path().display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_archived_and_the_rest_is_not() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("graph.log"), "graph up\n").unwrap();
+        std::fs::create_dir_all(from.path().join("agents/host-0")).unwrap();
+        std::fs::write(from.path().join("agents/host-0.log"), "agent\n").unwrap();
+        std::fs::write(from.path().join("agents/host-0/state.json"), "{}").unwrap();
+        let dest = to.path().join("a-test");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join("stale.log"), "old run").unwrap();
+        assert_eq!(archive_logs(from.path(), &dest).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("graph.log")).unwrap(),
+            "graph up\n"
+        );
+        assert!(dest.join("agents/host-0.log").is_file());
+        assert!(!dest.join("agents/host-0/state.json").exists());
+        assert!(
+            !dest.join("stale.log").exists(),
+            "the previous run's logs go"
+        );
     }
 }
