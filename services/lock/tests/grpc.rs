@@ -1,4 +1,5 @@
-//! gRPC API: queueing, cancellation, restart, pause, windows, admin and audit.
+//! gRPC API: queueing, cancellation, restart (also from the embedded file
+//! closed and reopened), pause, windows, admin and audit, on each store.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -7,6 +8,7 @@ mod mem;
 #[path = "support/stores.rs"]
 mod stores;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,6 +17,7 @@ use tonic::Code;
 use upshift_common::clock::SystemClock;
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::acquire_response::Event;
+use upshift_store::embedded::EmbeddedStore;
 
 const CONFIG: &str = "[groups.default]\nslots = 1\n[groups.workers]\nslots = 2\n";
 
@@ -155,6 +158,57 @@ async fn restart_keeps_holders(open: stores::Opener) {
 
 stores::on_each_store!(restart_keeps_holders_on, restart_keeps_holders);
 
+/// A restart as after a process exit: the embedded store file is closed
+/// (every handle gone) and opened again from disk by a new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_survive_closing_and_reopening_the_embedded_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store: upshift_store::SharedStore = Arc::new(EmbeddedStore::open(&path).unwrap());
+    let handle = Arc::downgrade(&store);
+    let s = Server::start(CONFIG, store, SystemClock::shared()).await;
+    let mut h = acquire(&s, "grpc-node", "workers").await;
+    granted(next(&mut h).await);
+    drop(h);
+    let resp = reqwest::Client::new()
+        .post(s.url("/v1/pre-reboot"))
+        .header("fleet-lock-protocol", "true")
+        .body(r#"{"client_params":{"id":"http-node","group":"workers"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    s.stop().await;
+
+    // The service's tasks end after the shutdown; then the file is closed.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while handle.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the embedded store was never closed");
+    let reopened = Arc::new(EmbeddedStore::open(&path).expect("reopening the closed file"));
+    let s = Server::start(CONFIG, reopened, SystemClock::shared()).await;
+    let group = s
+        .client()
+        .await
+        .get_group(pb::GetGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    let mut holders: Vec<_> = group.holders.iter().map(|h| h.id.as_str()).collect();
+    holders.sort_unstable();
+    assert_eq!(holders, ["grpc-node", "http-node"]);
+    let mut third = acquire(&s, "third", "workers").await;
+    assert_eq!(queued(next(&mut third).await).2, "slots-full");
+    s.stop().await;
+}
+
 async fn pause_window_admin_audit(open: stores::Opener) {
     let s = Server::start(CONFIG, open(), SystemClock::shared()).await;
     let mut admin = s.admin().await;
@@ -290,8 +344,12 @@ async fn pause_window_admin_audit(open: stores::Opener) {
 
 stores::on_each_store!(pause_admin_audit_on, pause_window_admin_audit);
 
-#[tokio::test]
-async fn closed_window_denies_over_http_and_grpc() {
+stores::on_each_store!(
+    closed_window_denies_on,
+    closed_window_denies_over_http_and_grpc
+);
+
+async fn closed_window_denies_over_http_and_grpc(open: stores::Opener) {
     use chrono::{Timelike, Utc};
     // A daily one-hour window starting two hours from now (UTC).
     #[allow(clippy::disallowed_methods)]
@@ -300,7 +358,7 @@ async fn closed_window_denies_over_http_and_grpc() {
     let cfg = format!(
         "[groups.win]\nslots = 1\n[[groups.win.windows]]\nstart = \"{start:02}:00\"\nlength = \"1h\"\ntime_zone = \"UTC\"\n"
     );
-    let s = Server::start(&cfg, harness::mem_store(), SystemClock::shared()).await;
+    let s = Server::start(&cfg, open(), SystemClock::shared()).await;
     let resp = reqwest::Client::new()
         .post(s.url("/v1/pre-reboot"))
         .header("fleet-lock-protocol", "true")

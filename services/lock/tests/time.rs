@@ -1,5 +1,6 @@
-//! Lease expiry and maintenance windows on tokio's paused clock (no network:
-//! the gRPC handlers are called directly).
+//! Lease expiry and maintenance windows (no network: the gRPC handlers are
+//! called directly): on tokio's paused clock on the in-memory and embedded
+//! stores, in real time with a short lease on a real etcd.
 
 #[path = "support/mem.rs"]
 mod mem;
@@ -10,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use upshift_common::auth::AdminAuth;
-use upshift_common::clock::{ScaledClock, SharedClock};
+use upshift_common::clock::{ScaledClock, SharedClock, SystemClock};
 use upshift_common::config::parse_toml;
 use upshift_common::telemetry::Metrics;
 use upshift_lock::{LockConfig, LockGrpc, LockMetrics, LockService};
@@ -18,6 +19,7 @@ use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::acquire_response::Event;
 use upshift_proto::lock::v1::lock_service_server::LockService as _;
 use upshift_store::SharedStore;
+use upshift_store::embedded::EmbeddedStore;
 
 const T0: u64 = 1_795_593_600; // 2026-11-25T08:00:00Z, a Wednesday
 
@@ -57,10 +59,9 @@ async fn next(s: &mut Acq, within: Duration) -> Option<Event> {
         .map(|e| e.unwrap().unwrap().event.unwrap())
 }
 
-#[tokio::test(start_paused = true)]
-async fn lease_expiry_frees_a_slot_and_keepalive_extends_it() {
+/// Lease expiry and keepalive on tokio's paused clock, on `store`.
+async fn lease_expiry_on_paused_time(store: SharedStore) {
     let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(T0), 1.0);
-    let store: SharedStore = Arc::new(mem::MemStore::new());
     let (svc, g) = start("[groups.default]\nslots = 1\n", store, clock.clone()).await;
 
     let mut a = acquire(&g, "a", Some(30)).await;
@@ -78,15 +79,7 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it() {
     ));
 
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let k = g
-        .keepalive(tonic::Request::new(pb::KeepaliveRequest {
-            id: "a".into(),
-            group: "default".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(k.lease_expires_at.unwrap().seconds as u64, T0 + 50);
+    assert_eq!(keepalive(&g, "a").await.unwrap(), T0 + 50);
 
     // Still held at T0+45 (would have expired at T0+30 without the keepalive).
     assert!(next(&mut b, Duration::from_secs(25)).await.is_none());
@@ -98,6 +91,11 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it() {
         T0 + 50,
         "granted at expiry"
     );
+    assert_expired_and_b_holds(&svc, &g).await;
+}
+
+/// What both lease tests end with: `a` expired (audited), `b` holds without a lease.
+async fn assert_expired_and_b_holds(svc: &LockService, g: &LockGrpc) {
     let (state, _, _) = svc.load("default").await.unwrap();
     assert_eq!(
         state
@@ -111,21 +109,86 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it() {
     assert!(
         audit
             .iter()
-            .any(|e| e.action == "release" && e.target == "a" && e.reason == "lease expired")
+            .any(|e| e.action == "release" && e.target == "a" && e.reason == "lease expired"),
+        "{audit:?}"
     );
-
-    let err = g
-        .keepalive(tonic::Request::new(pb::KeepaliveRequest {
-            id: "b".into(),
-            group: "default".into(),
-        }))
-        .await
-        .unwrap_err();
+    let err = keepalive(g, "b").await.unwrap_err();
     assert_eq!(
         err.code(),
         tonic::Code::FailedPrecondition,
         "b has no lease"
     );
+}
+
+async fn keepalive(g: &LockGrpc, id: &str) -> Result<u64, tonic::Status> {
+    let k = g
+        .keepalive(tonic::Request::new(pb::KeepaliveRequest {
+            id: id.into(),
+            group: "default".into(),
+        }))
+        .await?
+        .into_inner();
+    Ok(k.lease_expires_at.unwrap().seconds as u64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_mem() {
+    lease_expiry_on_paused_time(Arc::new(mem::MemStore::new())).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+    lease_expiry_on_paused_time(Arc::new(store)).await;
+}
+
+/// On a real etcd, in real time: a 2 s lease (expiry has a resolution of
+/// one second), renewed once; the whole test takes about 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_etcd() {
+    let Some((open, _etcd)) = upshift_store::testing::etcd_opener().await else {
+        return;
+    };
+    let clock = SystemClock::shared();
+    let (svc, g) = start("[groups.default]\nslots = 1\n", open(), clock.clone()).await;
+    let mut a = acquire(&g, "a", Some(2)).await;
+    let Some(Event::Granted(h)) = next(&mut a, Duration::from_secs(3)).await else {
+        panic!("no grant")
+    };
+    let first_expiry = h.holder.unwrap().lease_expires_at.unwrap().seconds as u64;
+    let mut b = acquire(&g, "b", None).await;
+    assert!(matches!(
+        next(&mut b, Duration::from_secs(3)).await,
+        Some(Event::Queued(_))
+    ));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let renewed = keepalive(&g, "a").await.unwrap();
+    assert!(renewed > first_expiry, "{renewed} <= {first_expiry}");
+    // The renewed lease has more than a second left: no grant meanwhile.
+    assert!(
+        matches!(
+            next(&mut b, Duration::from_millis(900)).await,
+            None | Some(Event::Queued(_))
+        ),
+        "granted before the renewed expiry"
+    );
+    let granted = loop {
+        match next(&mut b, Duration::from_secs(5)).await {
+            Some(Event::Queued(_)) => continue,
+            other => break other,
+        }
+    };
+    let Some(Event::Granted(h)) = granted else {
+        panic!("b was not granted after a's lease expired")
+    };
+    let acquired = h.holder.unwrap().acquired_at.unwrap().seconds as u64;
+    assert!(
+        acquired >= renewed,
+        "granted at {acquired}, before expiry {renewed}"
+    );
+    assert_expired_and_b_holds(&svc, &g).await;
 }
 
 #[tokio::test(start_paused = true)]
