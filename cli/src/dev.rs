@@ -325,7 +325,8 @@ async fn start_graph(
 ) -> anyhow::Result<BoundServer> {
     let mut config = GraphConfig {
         server,
-        debounce: Duration::from_millis(200),
+        // Short: a newcomer editing updates.json sees the fleet react at once.
+        debounce: Duration::from_millis(50),
         ..GraphConfig::default()
     };
     config.streams.insert(

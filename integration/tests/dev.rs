@@ -169,3 +169,64 @@ async fn the_printed_addresses_answer_including_the_bridge() -> Result<()> {
     child.wait().ok();
     result.with_context(|| format!("guide:\n{guide}"))
 }
+
+/// Editing `updates.json` in the working directory: the graph service
+/// reloads it and the fleet follows the new rollout. The newest rollout runs
+/// 48 simulated hours (about 48 real minutes at `--speed 60`); the edit makes
+/// it complete at once, and every host must have it well within the run.
+#[tokio::test]
+async fn an_edit_of_updates_json_is_followed_by_the_fleet() -> Result<()> {
+    use std::io::BufRead;
+    let dir = Workdir::new()?;
+    let workdir = dir.path().join("dev");
+    let mut child = Command::new(bin("upshift")?)
+        .args(["dev", "--no-ui", "--base-port", "0", "--agents", "20"])
+        .args(["--speed", "60", "--until", "converged", "--run-for", "120s"])
+        .arg("--workdir")
+        .arg(&workdir)
+        .arg("--fixtures")
+        .arg(fixtures())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("bridge ") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .context("upshift dev printed no addresses")?;
+    // Up, and nowhere near converged: 20 hosts, a 48-hour rollout just begun.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let path = workdir.join("metadata/stable/updates.json");
+    let mut updates: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let newest = updates["releases"]
+        .as_array_mut()
+        .context("releases")?
+        .iter_mut()
+        .find(|r| r["version"] == NEWEST)
+        .context("newest release")?;
+    newest["metadata"]["rollout"] = serde_json::json!({"start_percentage": 1.0});
+    let edited = std::time::Instant::now();
+    std::fs::write(&path, serde_json::to_vec_pretty(&updates)?)?;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let converged_after = edited.elapsed();
+    let view = reader.join().unwrap_or_default();
+    anyhow::ensure!(
+        status.success(),
+        "upshift dev did not converge ({status}):\n{view}"
+    );
+    assert_eq!(hosts_on(&view, NEWEST), 20, "{view}");
+    eprintln!("converged {converged_after:?} after the edit");
+    Ok(())
+}
