@@ -139,6 +139,12 @@ async fn the_printed_addresses_answer_including_the_bridge() -> Result<()> {
     })
     .await?;
     let result = async {
+        let graph_addr = printed_address(&guide, "graph").context("graph address")?;
+        let whole = reqwest::get(format!(
+            "http://{graph_addr}/v1/graph?basearch=x86_64&stream=stable"
+        ))
+        .await?;
+        anyhow::ensure!(whole.status() == 200, "graph /v1/graph: {}", whole.status());
         let policy = printed_address(&guide, "policy").context("policy address")?;
         let bridge = printed_address(&guide, "bridge").context("bridge address")?;
         let graph = reqwest::get(format!(

@@ -144,7 +144,9 @@ pub fn guide(addresses: &Addresses, metadata: &Path, token_file: &Path, args: &D
         "Upshift dev mesh: {agents} simulated hosts, clock x{speed}. Ctrl-C stops it.\n\
          graph {graph}  policy {policy}  lock {lock}  telemetry {telemetry}  (gRPC + HTTP each)  bridge {bridge}\n\
          edit {meta}/updates.json to start a rollout; admin token in {token}\n\
-         try: curl -s 'http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=0.5'\n\
+         try: curl -s 'http://{graph}/v1/graph?basearch=x86_64&stream=stable'   (the whole graph, unthrottled)\n\
+         \x20    grpcurl -plaintext {graph} upshift.graph.v1.GraphService/ListScopes\n\
+         \x20    curl -s 'http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=0.5'   (as a client sees it)\n\
          \x20    grpcurl -plaintext {policy} list   |   curl -s http://{telemetry}/metrics | grep upshift_telemetry\n\
          \x20    grpcurl -plaintext -H \"authorization: Bearer $(cat {token})\" -d '{{\"stream\":\"stable\"}}' {policy} upshift.policy.v1.RolloutAdminService/ListRollouts\n\
          \x20    curl -s 'http://{bridge}/bridge?selector=agent'   (host 0's agent metrics through the bridge)\n\
