@@ -6,6 +6,9 @@
 //!   bundled fixtures).
 //! - `bench <graph|lock|...>`: builds in release mode and runs a benchmark
 //!   that prints and saves its figures under `target/bench/`.
+//! - `lint`: `cargo fmt --check` and `cargo clippy --all-targets -- -D
+//!   warnings` over the workspace, with protoc provided (a plain `cargo
+//!   clippy` cannot build etcd-client's protos on a machine without protoc).
 
 use std::process::ExitCode;
 
@@ -32,10 +35,11 @@ fn run() -> Result<()> {
         "test" => test(&rest),
         "dev" => dev(&rest),
         "bench" => bench::run(&rest),
+        "lint" => lint(),
         "tools" => tools::Tools::provide().map(|t| t.print()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|dev [upshift dev args]|bench <name>|tools>"
+                "usage: cargo xtask <test [cargo test args]|dev [upshift dev args]|bench <name>|lint|tools>"
             );
             bail!("unknown task {task:?}")
         }
@@ -56,6 +60,22 @@ fn test(extra: &[String]) -> Result<()> {
     }
     args.extend(extra.iter().map(String::as_str));
     tools.cargo(&args).context("tests failed")
+}
+
+/// Formatting and clippy, as `.ci/run` checks them.
+fn lint() -> Result<()> {
+    let tools = tools::Tools::provide_build_only()?;
+    tools
+        .cargo(&["fmt", "--all", "--check"])
+        .context("cargo fmt --check found unformatted code (run cargo fmt)")?;
+    tools.cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }
 
 /// Builds and runs the dev mesh.
