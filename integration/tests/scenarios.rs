@@ -285,6 +285,7 @@ impl Mesh {
         let mut request = tonic::Request::new(lock_pb::ListAuditRequest {
             group: GROUP.into(),
             limit: 10_000,
+            ..Default::default()
         });
         request
             .metadata_mut()

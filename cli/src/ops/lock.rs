@@ -112,6 +112,7 @@ pub async fn run(args: LockArgs) -> Result<Exit, OpsError> {
                 .list_audit(conn.request(pb::ListAuditRequest {
                     group: group.unwrap_or_default(),
                     limit,
+                    ..Default::default()
                 }))
                 .await
                 .map_err(fail)?

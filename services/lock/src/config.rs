@@ -13,6 +13,10 @@
 //! [default]                    # optional: allows any valid group name
 //! slots = 1
 //!
+//! [audit]                      # retention of the audit log (both limits apply)
+//! keep = 10000                 # newest entries kept
+//! max_age = "90d"              # older entries are removed
+//!
 //! [groups.workers]
 //! slots = 2
 //! ttl = "10m"                  # default lease of gRPC Acquire
@@ -57,6 +61,39 @@ pub struct LockConfig {
     /// Configured groups.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    /// Audit log retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section: how much of the audit log is kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Newest entries kept (default 10000).
+    pub keep: Option<usize>,
+    /// Entries older than this are removed (default 90 days).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// Validated audit retention: an entry goes once it is not among the
+/// newest `keep` or is older than `max_age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// Newest entries kept.
+    pub keep: usize,
+    /// Longest an entry is kept.
+    pub max_age: Duration,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        Self {
+            keep: 10_000,
+            max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 /// Where group records live in the store.
@@ -113,6 +150,8 @@ pub struct LockSettings {
     pub default: Option<GroupSettings>,
     /// Configured groups.
     pub groups: BTreeMap<String, GroupSettings>,
+    /// Audit log retention.
+    pub audit: AuditRetention,
 }
 
 impl LockSettings {
@@ -166,13 +205,31 @@ impl LockConfig {
         if let Err(e) = self.store.validate() {
             errors.extend(e);
         }
+        let audit = self.audit.validate(&mut errors);
         errors.into_result(LockSettings {
             base_path,
             store_layout: self.store_layout,
             request_timeout,
             default,
             groups,
+            audit,
         })
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self, errors: &mut ConfigErrors) -> AuditRetention {
+        let default = AuditRetention::default();
+        if self.keep == Some(0) {
+            errors.push("audit.keep", "must be at least 1");
+        }
+        if self.max_age.is_some_and(|a| a.is_zero()) {
+            errors.push("audit.max_age", "must be positive");
+        }
+        AuditRetention {
+            keep: self.keep.unwrap_or(default.keep).max(1),
+            max_age: self.max_age.unwrap_or(default.max_age),
+        }
     }
 }
 
@@ -229,6 +286,24 @@ mod tests {
         assert_eq!(s.store_layout, StoreLayout::Airlock);
         assert_eq!(s.groups["workers"].windows.len(), 1);
         assert_eq!(s.group("other").unwrap().slots, 1);
+        assert_eq!(s.audit, AuditRetention::default());
+    }
+
+    #[test]
+    fn audit_retention() {
+        let cfg: LockConfig = parse_toml("[audit]\nkeep = 50\nmax_age = \"7d\"\n").unwrap();
+        let s = cfg.validate().unwrap();
+        assert_eq!(s.audit.keep, 50);
+        assert_eq!(s.audit.max_age, Duration::from_secs(7 * 86_400));
+        let cfg: LockConfig = parse_toml("[audit]\nkeep = 0\nmax_age = \"0s\"\n").unwrap();
+        let keys: Vec<_> = cfg
+            .validate()
+            .unwrap_err()
+            .errors()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["audit.keep", "audit.max_age"]);
     }
 
     #[test]

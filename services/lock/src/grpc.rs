@@ -18,7 +18,7 @@ use upshift_proto::lock::v1::lock_service_server::{LockService as LockApi, LockS
 
 use crate::config::GroupSettings;
 use crate::error::LockError;
-use crate::semaphore::{HolderRecord, Method, SemaphoreState};
+use crate::semaphore::{HolderRecord, Method, Outcome, SemaphoreState};
 use crate::service::{CLIENT_ACTOR, LockService, epoch_secs};
 use upshift_common::window;
 
@@ -115,6 +115,14 @@ impl LockGrpc {
     fn record<T>(&self, api: &'static str, started: StdInstant, r: &Result<T, LockError>) {
         let kind = r.as_ref().map_or_else(LockError::kind, |_| "ok");
         self.svc.inner.metrics.request(api, kind, started.elapsed());
+    }
+}
+
+/// The audit outcome of an admin change.
+fn changed(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Changed => "changed",
+        Outcome::Unchanged => "unchanged",
     }
 }
 
@@ -268,9 +276,28 @@ impl LockAdminService for LockGrpc {
         let actor = self.auth.authorize(&req)?;
         let req = req.into_inner();
         Self::admin_reason(&req.reason)?;
-        let removed = self
+        if req.id.is_empty() {
+            return Err(LockError::InvalidParams("id must not be empty".into()).into());
+        }
+        // Audited either way: releasing an id that holds nothing is recorded too.
+        let (removed, _) = self
             .svc
-            .unlock(&req.group, &req.id, &actor.0, "force-release", &req.reason)
+            .admin(
+                &req.group,
+                &actor.0,
+                "force-release",
+                &req.id,
+                &req.reason,
+                |s| {
+                    let removed = s.force_release(&req.id);
+                    let outcome = if removed.is_some() {
+                        "released"
+                    } else {
+                        "held nothing"
+                    };
+                    (removed, outcome)
+                },
+            )
             .await?;
         Ok(Response::new(pb::ForceReleaseResponse {
             released: removed.map(|h| self.holder(&req.group, &h)),
@@ -295,7 +322,7 @@ impl LockAdminService for LockGrpc {
                 "set-slots",
                 &req.slots.to_string(),
                 &req.reason,
-                |s| s.set_slots(req.slots),
+                |s| ((), changed(s.set_slots(req.slots))),
             )
             .await?;
         Ok(Response::new(pb::SetSlotsResponse {
@@ -313,7 +340,7 @@ impl LockAdminService for LockGrpc {
         let (_, state) = self
             .svc
             .admin(&req.group, &actor.0, "pause", "", &req.reason, |s| {
-                s.pause(&req.reason)
+                ((), changed(s.pause(&req.reason)))
             })
             .await?;
         Ok(Response::new(pb::PauseGroupResponse {
@@ -330,14 +357,9 @@ impl LockAdminService for LockGrpc {
         Self::admin_reason(&req.reason)?;
         let (_, state) = self
             .svc
-            .admin(
-                &req.group,
-                &actor.0,
-                "resume",
-                "",
-                &req.reason,
-                SemaphoreState::resume,
-            )
+            .admin(&req.group, &actor.0, "resume", "", &req.reason, |s| {
+                ((), changed(s.resume()))
+            })
             .await?;
         Ok(Response::new(pb::ResumeGroupResponse {
             group: Some(self.group(&req.group, &state)),
@@ -350,15 +372,17 @@ impl LockAdminService for LockGrpc {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.auth.authorize(&req)?;
         let req = req.into_inner();
-        let limit = if req.limit == 0 {
-            100
-        } else {
-            req.limit as usize
+        let limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(crate::service::MAX_PAGE),
         };
         let group = (!req.group.is_empty()).then_some(req.group.as_str());
-        let entries = self.svc.audit(group, limit).await?;
+        let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let page = self.svc.audit_page(group, limit, token).await?;
         Ok(Response::new(pb::ListAuditResponse {
-            entries: entries
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            entries: page
+                .entries
                 .into_iter()
                 .map(|a| pb::AuditEntry {
                     at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(a.at_ms))),
@@ -367,6 +391,7 @@ impl LockAdminService for LockGrpc {
                     group: a.group,
                     target: a.target,
                     reason: a.reason,
+                    outcome: a.outcome,
                 })
                 .collect(),
         }))

@@ -106,6 +106,15 @@ impl Keys {
         &self.audit
     }
 
+    /// When the entry at `key` was written (epoch milliseconds), if `key` is
+    /// an audit key.
+    pub fn audit_time(&self, key: &str) -> Option<u64> {
+        key.strip_prefix(self.audit.as_str())?
+            .get(..20)?
+            .parse()
+            .ok()
+    }
+
     /// Key of a new audit entry: time-ordered, then ordered within this
     /// process by a sequence number, with a random tail against collisions
     /// across replicas.
@@ -193,6 +202,10 @@ pub struct AuditRecord {
     pub target: String,
     /// Why.
     pub reason: String,
+    /// What came of an admin call ("released", "held nothing", "changed",
+    /// "unchanged"); empty for grants and releases.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
 }
 
 static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -229,7 +242,13 @@ mod tests {
             Some("default")
         );
         assert_eq!(a.group_of("com.coreos.airlock/groups/default/v2/x"), None);
-        assert!(a.audit_key(1).starts_with("/upshift/upshift/lock/audit/"));
+        let key = a.audit_key(1_700_000_000_123);
+        assert!(key.starts_with("/upshift/upshift/lock/audit/"));
+        assert_eq!(a.audit_time(&key), Some(1_700_000_000_123));
+        assert_eq!(
+            a.audit_time("upshift/lock/audit/00000000000000000001"),
+            None
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@ use crate::metrics::LockMetrics;
 use crate::semaphore::{HolderRecord, LockRequest, Outcome, SemaphoreState};
 use upshift_common::window;
 
+mod audit;
 mod reaper;
+
+pub use audit::{AuditPage, MAX_PAGE};
 
 /// Actor recorded for grants and releases made by clients themselves.
 pub const CLIENT_ACTOR: &str = "client";
@@ -56,6 +59,9 @@ pub(crate) struct Inner {
     /// write comes of it.
     written: Mutex<HashMap<String, Written>>,
     next_waiter: AtomicU64,
+    /// Audit entries written since the trimmer last ran (see `audit`).
+    audit_writes: AtomicU64,
+    trim: tokio::sync::Notify,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -125,6 +131,8 @@ impl LockService {
             queues: Arc::default(),
             written: Mutex::default(),
             next_waiter: AtomicU64::new(1),
+            audit_writes: AtomicU64::new(0),
+            trim: tokio::sync::Notify::new(),
             shutdown,
         });
         let svc = Self { inner };
@@ -145,6 +153,7 @@ impl LockService {
         let first_list = reaper::spawn_follower(svc.clone());
         first_list.await.ok();
         reaper::spawn_reaper(svc.clone());
+        audit::spawn_trimmer(svc.clone());
         Ok(svc)
     }
 
@@ -302,17 +311,50 @@ impl LockService {
             }
             return Ok(Attempt::Done(effect.value));
         }
-        let layout = self.inner.keys.layout();
-        let key = self.inner.keys.group_key(group);
-        // An unchanged record (a no-op admin call) only appends its audit entry.
-        let mut txn = Txn::new();
-        let encoded = (state != before).then(|| layout.encode(&state, raw.as_deref()));
-        if let Some(bytes) = &encoded {
-            txn = txn
-                .when_mod_revision(key.clone(), rev)
-                .then(upshift_store::Op::put(key, bytes.clone()));
+        let encoded =
+            (state != before).then(|| self.inner.keys.layout().encode(&state, raw.as_deref()));
+        let Some(revision) = self.commit(group, rev, encoded.as_deref(), &audit).await? else {
+            if from_memory {
+                return Ok(Attempt::Stale);
+            }
+            self.inner.metrics.cas_conflict();
+            return Ok(Attempt::Conflict);
+        };
+        match (encoded, raw) {
+            // Every put of a transaction carries its revision.
+            (Some(bytes), _) => {
+                self.written()
+                    .insert(group.to_string(), (state.clone(), revision, bytes));
+            }
+            (None, Some(raw)) => {
+                self.written()
+                    .insert(group.to_string(), (before.clone(), rev, raw));
+            }
+            (None, None) => {}
         }
-        for a in &audit {
+        audit::log(&audit);
+        self.audit_written(audit.len());
+        self.cache_put(group, state);
+        Ok(Attempt::Done(effect.value))
+    }
+
+    /// Writes `group`'s record (when `encoded`) and the audit entries in one
+    /// transaction, if the record is still at `rev`: also when it is left
+    /// unchanged, so that a no-op admin call's outcome ("held nothing")
+    /// rests on the record as stored. The new revision, `None` on conflict.
+    async fn commit(
+        &self,
+        group: &str,
+        rev: u64,
+        encoded: Option<&[u8]>,
+        audit: &[AuditRecord],
+    ) -> Result<Option<u64>, LockError> {
+        let key = self.inner.keys.group_key(group);
+        let mut txn = Txn::new().when_mod_revision(key.clone(), rev);
+        if let Some(bytes) = encoded {
+            txn = txn.then(upshift_store::Op::put(key, bytes.to_vec()));
+        }
+        for a in audit {
             txn = txn.then(upshift_store::Op::put(
                 self.inner.keys.audit_key(a.at_ms),
                 serde_json::to_vec(a).unwrap_or_default(),
@@ -322,38 +364,7 @@ impl LockService {
             self.inner.metrics.store_error("txn");
             LockError::Unavailable(Some(e))
         })?;
-        if !outcome.succeeded {
-            if from_memory {
-                return Ok(Attempt::Stale);
-            }
-            self.inner.metrics.cas_conflict();
-            return Ok(Attempt::Conflict);
-        }
-        match encoded {
-            Some(bytes) => {
-                // Every put of a transaction carries its revision.
-                self.written()
-                    .insert(group.to_string(), (state.clone(), outcome.revision, bytes));
-            }
-            None => {
-                if let Some(raw) = raw {
-                    self.written()
-                        .insert(group.to_string(), (before.clone(), rev, raw));
-                }
-            }
-        }
-        for a in &audit {
-            tracing::info!(
-                actor = a.actor,
-                action = a.action,
-                group = a.group,
-                target = a.target,
-                reason = a.reason,
-                "lock audit"
-            );
-        }
-        self.cache_put(group, state);
-        Ok(Attempt::Done(effect.value))
+        Ok(outcome.succeeded.then_some(outcome.revision))
     }
 
     /// Decodes `group`'s stored record. Holders of unknown acquisition time
@@ -390,25 +401,6 @@ impl LockService {
 
     fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
         self.inner.written.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn audit_record(
-        &self,
-        at: SystemTime,
-        actor: &str,
-        action: &str,
-        group: &str,
-        target: &str,
-        reason: &str,
-    ) -> AuditRecord {
-        AuditRecord {
-            at_ms: epoch_ms(at),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            group: group.to_string(),
-            target: target.to_string(),
-            reason: reason.to_string(),
-        }
     }
 
     pub(crate) fn cache_put(&self, group: &str, state: SemaphoreState) {
@@ -484,7 +476,9 @@ impl LockService {
         .await
     }
 
-    /// Applies an audited admin change to a group's record.
+    /// Applies an audited admin change to a group's record. `f` returns its
+    /// value and the outcome recorded with the entry; the entry is written
+    /// even when nothing changed.
     pub(crate) async fn admin<T>(
         &self,
         group: &str,
@@ -492,40 +486,19 @@ impl LockService {
         action: &str,
         target: &str,
         reason: &str,
-        mut f: impl FnMut(&mut SemaphoreState) -> T,
+        mut f: impl FnMut(&mut SemaphoreState) -> (T, &'static str),
     ) -> Result<(T, SemaphoreState), LockError> {
         self.group_settings(group)?;
         let now_t = self.now();
         self.mutate(group, actor, |s, _| {
-            let value = f(s);
+            let (value, outcome) = f(s);
+            let mut entry = self.audit_record(now_t, actor, action, group, target, reason);
+            entry.outcome = outcome.to_string();
             let mut effect = Effect::new((value, s.clone()));
-            effect
-                .audit
-                .push(self.audit_record(now_t, actor, action, group, target, reason));
+            effect.audit.push(entry);
             Ok(effect)
         })
         .await
-    }
-
-    /// Audit entries, newest first.
-    pub async fn audit(
-        &self,
-        group: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, LockError> {
-        let (kvs, _) = self
-            .inner
-            .store
-            .list(self.inner.keys.audit_prefix())
-            .await
-            .map_err(|e| LockError::Unavailable(Some(e)))?;
-        Ok(kvs
-            .iter()
-            .rev()
-            .filter_map(|kv| serde_json::from_slice::<AuditRecord>(&kv.value).ok())
-            .filter(|a| group.is_none_or(|g| a.group == g))
-            .take(limit)
-            .collect())
     }
 
     /// Every known group: configured ones and any with a stored record.

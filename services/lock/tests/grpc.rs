@@ -310,27 +310,77 @@ async fn pause_window_admin_audit(open: stores::Opener) {
         .unwrap()
         .into_inner();
     assert_eq!(r.released.unwrap().id, "a");
+    // An admin call that changes nothing is audited all the same.
+    let r = admin
+        .force_release(admin_req(pb::ForceReleaseRequest {
+            group: "default".into(),
+            id: "nobody".into(),
+            reason: "cleanup".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.released.is_none());
 
     let audit = admin
         .list_audit(admin_req(pb::ListAuditRequest {
             group: "default".into(),
-            limit: 0,
+            ..Default::default()
         }))
         .await
         .unwrap()
         .into_inner()
         .entries;
-    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.as_str(), e.outcome.as_str()))
+        .collect();
     assert_eq!(
         actions,
-        ["force-release", "set-slots", "grant", "resume", "pause"],
+        [
+            ("force-release", "nobody", "held nothing"),
+            ("force-release", "a", "released"),
+            ("set-slots", "3", "changed"),
+            ("grant", "a", ""),
+            ("resume", "", "changed"),
+            ("pause", "", "changed"),
+        ],
         "newest first"
     );
     assert_eq!(audit[0].actor, "token");
-    assert_eq!(audit[0].target, "a");
-    assert_eq!(audit[0].reason, "stuck");
-    assert_eq!(audit[1].target, "3");
+    assert_eq!(audit[0].reason, "cleanup");
+    assert_eq!(audit[1].reason, "stuck");
     assert!(audit.iter().all(|e| e.at.is_some()));
+
+    // Page by page, the same entries.
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_audit(admin_req(pb::ListAuditRequest {
+                group: "default".into(),
+                limit: 4,
+                page_token: page_token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 4);
+        paged.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(paged, audit);
+    let bad = admin
+        .list_audit(admin_req(pb::ListAuditRequest {
+            page_token: "nonsense".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(
         admin
             .list_audit(pb::ListAuditRequest::default())

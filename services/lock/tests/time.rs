@@ -211,3 +211,48 @@ async fn waiter_is_granted_at_the_exact_window_opening() {
         T0 + 1800
     );
 }
+
+/// The audit log keeps the newest `keep` entries, trimmed in the background
+/// after the writes, and drops entries older than `max_age`.
+#[tokio::test(start_paused = true)]
+async fn the_audit_log_is_trimmed_to_its_retention() {
+    use upshift_lock::semaphore::{LockRequest, Method};
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(T0), 1.0);
+    let store: SharedStore = Arc::new(mem::MemStore::new());
+    let cfg = "[audit]\nkeep = 5\nmax_age = \"2h\"\n[groups.default]\nslots = 1\n";
+    let (svc, _g) = start(cfg, store, clock).await;
+    for i in 0..6 {
+        let id = format!("host-{i}");
+        let req = LockRequest {
+            id: id.clone(),
+            method: Method::Fleetlock,
+            ttl_secs: None,
+        };
+        svc.lock("default", req, "client").await.unwrap();
+        svc.unlock("default", &id, "client", "release", "done")
+            .await
+            .unwrap();
+    }
+    // 12 entries written; the trimmer runs as soon as the writers yield.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let kept: Vec<_> = svc
+        .audit(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.action, e.target))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "release host-5",
+            "grant host-5",
+            "release host-4",
+            "grant host-4",
+            "release host-3"
+        ]
+    );
+    // Three hours on, the hourly check has removed what is over two hours old.
+    tokio::time::sleep(Duration::from_secs(3 * 3600 + 1)).await;
+    assert!(svc.audit(None, 100).await.unwrap().is_empty());
+}
