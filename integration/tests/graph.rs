@@ -115,8 +115,18 @@ async fn watch_graph_sees_a_file_edit_and_bad_edits_keep_the_last_good_graph() -
     let updates = dir.path().join("metadata/stable/updates.json");
     std::fs::write(&updates, b"{ not json")?;
     let status = wait_for_rejection(&mut client).await?;
-    assert!(status.error_file.ends_with("updates.json"), "{status:?}");
+    assert_eq!(
+        status.error_file,
+        updates.display().to_string(),
+        "the full path"
+    );
     assert_eq!(status.error_kind, "parse");
+    let log = std::fs::read_to_string(graph.log_path())?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("metadata rejected") && l.contains(&updates.display().to_string())),
+        "the log line names the full path:\n{log}"
+    );
     let still = client
         .get_graph(pb::GetGraphRequest {
             scope: Some(x86_scope()),

@@ -34,6 +34,8 @@ fn main() {
                 result: Ok(RawMetadata {
                     releases: releases.clone(),
                     updates: updates.clone(),
+                    releases_from: "releases.json".into(),
+                    updates_from: path.display().to_string(),
                 }),
             };
             let start = Instant::now();

@@ -3,8 +3,11 @@
 //!
 //! A source event is accepted or rejected as a whole: every scope of the
 //! stream is rebuilt, and if any file or any scope fails, the stream keeps
-//! its last good graphs and records the rejection. Accepted changes bump the
-//! service revision once; scopes whose graph is unchanged keep theirs.
+//! its last good graphs and records the rejection (naming the file by its
+//! full path or URL). Accepted changes bump the service revision once;
+//! scopes whose graph is unchanged keep theirs. A scope that goes away is
+//! forgotten, also in the persisted state: if it comes back, even with the
+//! very same graph, that is a change with a new revision.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use upshift_cincinnati::codec::CincinnatiGraph;
 use upshift_cincinnati::fcos::{ReleaseIndex, UpdatesMetadata};
-use upshift_cincinnati::graph::{Graph, PayloadScheme, build_graph};
+use upshift_cincinnati::graph::{BuildError, Graph, PayloadScheme, build_graph};
 
 use crate::persist::{PersistedScope, PersistedState};
 use crate::source::{FailureKind, LoadFailure, RawMetadata, SourceEvent};
@@ -236,11 +239,14 @@ impl Catalog {
         status.warnings = warnings;
         status.architectures = graphs.keys().map(|k| k.basearch.clone()).collect();
         status.architectures.dedup();
+        let forgotten = self.forget_missing(&event.stream, &graphs);
         let changed = self.merge(&mut next, &event.stream, graphs, now);
+        if forgotten || !changed.is_empty() {
+            self.persist(&next);
+        }
         let applied = if changed.is_empty() {
             Applied::Unchanged
         } else {
-            self.persist(&next);
             Applied::Changed(next.revision, changed)
         };
         self.tx.send_replace(Arc::new(next));
@@ -301,6 +307,23 @@ impl Catalog {
         changed
     }
 
+    /// Drops the persisted revisions of `stream`'s scopes that the new
+    /// graphs lack, so a scope that comes back is not given its old revision
+    /// (which would hide it from watchers). Returns whether any went.
+    fn forget_missing(
+        &mut self,
+        stream: &str,
+        graphs: &BTreeMap<ScopeKey, (Graph, Bytes, String)>,
+    ) -> bool {
+        let present: Vec<String> = graphs.keys().map(ScopeKey::to_string).collect();
+        let prefix = format!("{stream}/");
+        let before = self.persisted.scopes.len();
+        self.persisted
+            .scopes
+            .retain(|key, _| !key.starts_with(&prefix) || present.contains(key));
+        self.persisted.scopes.len() != before
+    }
+
     fn persist(&mut self, snapshot: &Snapshot) {
         self.persisted.revision = snapshot.revision;
         for (key, graph) in &snapshot.scopes {
@@ -328,8 +351,8 @@ fn build_scopes(
     raw: &RawMetadata,
     archs: &[String],
 ) -> Result<BuiltScopes, LoadFailure> {
-    let index: ReleaseIndex = parse(&raw.releases, "releases.json")?;
-    let updates: UpdatesMetadata = parse(&raw.updates, "updates.json")?;
+    let index: ReleaseIndex = parse(&raw.releases, &raw.releases_from)?;
+    let updates: UpdatesMetadata = parse(&raw.updates, &raw.updates_from)?;
     let archs = if archs.is_empty() {
         index_architectures(&index)
     } else {
@@ -341,7 +364,10 @@ fn build_scopes(
         for scheme in [PayloadScheme::Checksum, PayloadScheme::Oci] {
             let built =
                 build_graph(&index, &updates, &basearch, scheme).map_err(|err| LoadFailure {
-                    file: "updates.json".into(),
+                    file: match err {
+                        BuildError::DuplicateIndexVersion(_) => raw.releases_from.clone(),
+                        _ => raw.updates_from.clone(),
+                    },
                     kind: FailureKind::Invalid,
                     message: format!("{basearch}: {err}"),
                 })?;

@@ -13,13 +13,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Location, ValidStream};
 
-/// Both metadata files of a stream.
+/// Both metadata files of a stream, with where they came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMetadata {
     /// Content of `releases.json`.
     pub releases: Bytes,
     /// Content of `updates.json`.
     pub updates: Bytes,
+    /// Full path or URL of `releases.json` (names it in rejections).
+    pub releases_from: String,
+    /// Full path or URL of `updates.json`.
+    pub updates_from: String,
 }
 
 /// Why a source could not be loaded.
@@ -154,9 +158,15 @@ async fn run_dir(
 
 /// Reads both files of a stream directory.
 pub async fn read_dir_metadata(dir: &Path) -> Result<RawMetadata, LoadFailure> {
-    let releases = read_file(&dir.join("releases.json")).await?;
-    let updates = read_file(&dir.join("updates.json")).await?;
-    Ok(RawMetadata { releases, updates })
+    let (releases_path, updates_path) = (dir.join("releases.json"), dir.join("updates.json"));
+    let releases = read_file(&releases_path).await?;
+    let updates = read_file(&updates_path).await?;
+    Ok(RawMetadata {
+        releases,
+        updates,
+        releases_from: releases_path.display().to_string(),
+        updates_from: updates_path.display().to_string(),
+    })
 }
 
 async fn read_file(path: &Path) -> Result<Bytes, LoadFailure> {
@@ -266,12 +276,7 @@ async fn run_http(
         };
         failing = result.is_err();
         if send {
-            let result = result.map(|content| {
-                content.unwrap_or_else(|| RawMetadata {
-                    releases: releases.body.clone().unwrap_or_default(),
-                    updates: updates.body.clone().unwrap_or_default(),
-                })
-            });
+            let result = result.map(|content| content.unwrap_or_else(|| both(&releases, &updates)));
             if tx
                 .send(SourceEvent {
                     stream: stream.clone(),
@@ -301,8 +306,15 @@ async fn poll_both(
     if !(releases_changed || updates_changed) {
         return Ok(None);
     }
-    Ok(Some(RawMetadata {
+    Ok(Some(both(releases, updates)))
+}
+
+/// The last bodies of both URLs.
+fn both(releases: &Polled, updates: &Polled) -> RawMetadata {
+    RawMetadata {
         releases: releases.body.clone().unwrap_or_default(),
         updates: updates.body.clone().unwrap_or_default(),
-    }))
+        releases_from: releases.url.to_string(),
+        updates_from: updates.url.to_string(),
+    }
 }

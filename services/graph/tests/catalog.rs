@@ -21,10 +21,37 @@ fn updates(revision: u32) -> Bytes {
     Bytes::from(std::fs::read(path).unwrap())
 }
 
+const RELEASES_AT: &str = "/srv/streams/stable/releases.json";
+const UPDATES_AT: &str = "/srv/streams/stable/updates.json";
+
 fn event(releases: Bytes, updates: Bytes) -> SourceEvent {
     SourceEvent {
         stream: "stable".into(),
-        result: Ok(RawMetadata { releases, updates }),
+        result: Ok(RawMetadata {
+            releases,
+            updates,
+            releases_from: RELEASES_AT.into(),
+            updates_from: UPDATES_AT.into(),
+        }),
+    }
+}
+
+/// The release index without any aarch64 payload.
+fn releases_without_aarch64() -> Bytes {
+    let mut index: serde_json::Value = serde_json::from_slice(&releases()).unwrap();
+    for release in index["releases"].as_array_mut().unwrap() {
+        release["commits"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["architecture"] != "aarch64");
+    }
+    Bytes::from(serde_json::to_vec(&index).unwrap())
+}
+
+fn aarch64() -> ScopeKey {
+    ScopeKey {
+        basearch: "aarch64".into(),
+        ..x86()
     }
 }
 
@@ -86,13 +113,13 @@ fn malformed_input_is_rejected_and_last_good_keeps_serving() {
     let good = catalog.snapshot().scopes[&x86()].digest.clone();
 
     let bad = [
-        (Bytes::from_static(b"{\"releases\": ["), updates(26), FailureKind::Parse, "releases.json"),
-        (releases(), Bytes::from_static(b"not json"), FailureKind::Parse, "updates.json"),
+        (Bytes::from_static(b"{\"releases\": ["), updates(26), FailureKind::Parse, RELEASES_AT),
+        (releases(), Bytes::from_static(b"not json"), FailureKind::Parse, UPDATES_AT),
         (
             releases(),
             Bytes::from_static(br#"{"stream":"stable","releases":[{"version":"x","metadata":{"rollout":{"start_percentage":"half"}}}]}"#),
             FailureKind::Parse,
-            "updates.json",
+            UPDATES_AT,
         ),
     ];
     for (releases, updates, kind, file) in bad {
@@ -101,7 +128,9 @@ fn malformed_input_is_rejected_and_last_good_keeps_serving() {
             panic!("expected rejection, got {applied:?}")
         };
         assert_eq!(failure.kind, kind);
-        assert!(failure.file.ends_with(file), "{failure:?}");
+        assert_eq!(failure.file, file, "the full path names the file");
+        let status = &catalog.snapshot().sources["stable"];
+        assert_eq!(status.failure.as_ref().unwrap().file, file);
         let snapshot = catalog.snapshot();
         assert_eq!(snapshot.sources["stable"].state, LoadState::Rejected);
         assert_eq!(
@@ -156,6 +185,7 @@ fn duplicate_versions_reject_the_whole_stream() {
         panic!("expected rejection, got {applied:?}")
     };
     assert_eq!(failure.kind, FailureKind::Invalid);
+    assert_eq!(failure.file, RELEASES_AT, "the duplicate is in the index");
 }
 
 #[test]
@@ -198,4 +228,49 @@ fn applied_revision(applied: &Applied) -> Option<u64> {
         Applied::Changed(revision, _) => Some(*revision),
         _ => None,
     }
+}
+
+/// A scope that goes away and comes back with the very same graph is a
+/// change: a new, higher revision, so watchers see it again. Also across a
+/// restart in between.
+#[test]
+fn a_scope_removed_and_re_added_gets_a_new_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("graph-state.json");
+    let mut catalog = catalog(Some(state.clone()));
+    catalog.apply(event(releases(), updates(26)), at(1));
+    let first = catalog.snapshot();
+    let old = first.scopes[&aarch64()].clone();
+
+    let removed = catalog.apply(event(releases_without_aarch64(), updates(26)), at(2));
+    let Applied::Changed(rev_removed, scopes) = removed else {
+        panic!("removing a scope is a change: {removed:?}")
+    };
+    assert!(scopes.contains(&aarch64()));
+    assert!(!catalog.snapshot().scopes.contains_key(&aarch64()));
+
+    let back = catalog.apply(event(releases(), updates(26)), at(3));
+    let Applied::Changed(rev_back, scopes) = back else {
+        panic!("re-adding a scope is a change: {back:?}")
+    };
+    assert!(rev_back > rev_removed && rev_removed > first.revision);
+    assert!(scopes.contains(&aarch64()));
+    assert!(!scopes.contains(&x86()), "x86_64 did not change");
+    let again = catalog.snapshot().scopes[&aarch64()].clone();
+    assert_eq!(again.digest, old.digest, "the very same graph");
+    assert_eq!(again.revision, rev_back);
+
+    // Removed, then the service restarts, then it comes back.
+    catalog.apply(event(releases_without_aarch64(), updates(26)), at(4));
+    let gone = catalog.snapshot().revision;
+    drop(catalog);
+    let mut restarted = self::catalog(Some(state));
+    restarted.apply(event(releases_without_aarch64(), updates(26)), at(5));
+    assert_eq!(
+        restarted.snapshot().revision,
+        gone,
+        "unchanged after restart"
+    );
+    let back = restarted.apply(event(releases(), updates(26)), at(6));
+    assert_eq!(applied_revision(&back), Some(gone + 1), "{back:?}");
 }
