@@ -77,6 +77,109 @@ fn revision_058_barriers_and_rollouts() {
     assert_eq!(stable_edges("058"), want);
 }
 
+#[test]
+fn revision_017_barrier_that_is_also_a_rollout() {
+    // Rollout at 12; barrier + rollout at 13. No barrier lies below either,
+    // so both take edges from node 0 on; 13 being a rollout, its barrier
+    // rule adds nothing more.
+    let mut want = [span(0..12, 12), span(0..13, 13)].concat();
+    want.sort_unstable();
+    assert_eq!(stable_edges("017"), want);
+}
+
+#[test]
+fn revision_030_stacked_barriers_then_rollouts() {
+    // Barriers at 11 and 13; rollout at 23; barrier + rollout at 24.
+    // Barrier 11 from 0, barrier 13 from the previous barrier 11; both
+    // rollouts from the highest barrier below them, 13.
+    let mut want = [
+        span(0..11, 11),
+        span(11..13, 13),
+        span(13..23, 23),
+        span(13..24, 24),
+    ]
+    .concat();
+    want.sort_unstable();
+    assert_eq!(stable_edges("030"), want);
+}
+
+/// The stable index with an OCI image for x86_64 on every release from age
+/// `from` on (the fixture has none).
+fn index_with_oci_from(from: usize) -> ReleaseIndex {
+    let mut index = stable_index();
+    for rel in index.releases.iter_mut().skip(from) {
+        rel.oci_images = vec![crate::fcos::OciImage {
+            architecture: "x86_64".to_owned(),
+            image: "quay.io/fedora/fedora-coreos".to_owned(),
+            digest_ref: format!("quay.io/fedora/fedora-coreos@sha256:{}", rel.version),
+        }];
+    }
+    index
+}
+
+#[test]
+fn oci_scheme_nodes_carry_the_digest_ref_and_share_the_checksum_edges() {
+    let u = updates("stable/updates-history/030.json");
+    // Every release has both payloads: the same graph but for payloads and scheme.
+    let index = index_with_oci_from(0);
+    let oci = build_graph(&index, &u, "x86_64", PayloadScheme::Oci)
+        .unwrap()
+        .graph;
+    let checksum = build_graph(&index, &u, "x86_64", PayloadScheme::Checksum)
+        .unwrap()
+        .graph;
+    assert_eq!(oci.nodes().len(), 51);
+    assert_eq!(oci.edges(), checksum.edges());
+    for (o, c) in oci.nodes().iter().zip(checksum.nodes()) {
+        assert_eq!(o.version, c.version);
+        assert_eq!(
+            o.payload,
+            format!("quay.io/fedora/fedora-coreos@sha256:{}", o.version)
+        );
+        assert_eq!(o.metadata[SCHEME], "oci");
+        assert_eq!(c.metadata[SCHEME], "checksum");
+        assert_eq!(o.metadata[AGE_INDEX], c.metadata[AGE_INDEX]);
+    }
+    let aarch64 = build_graph(&index, &u, "aarch64", PayloadScheme::Oci).unwrap();
+    assert!(aarch64.graph.nodes().is_empty(), "no aarch64 image");
+
+    // Images only from age 20 on: nodes 0..=30 are ages 20..=50, so the
+    // barriers 11 and 13 are not nodes; the rollouts 23 and 24 are nodes 3
+    // and 4, with no barrier below them: edges from node 0 on.
+    let index = index_with_oci_from(20);
+    let oci = build_graph(&index, &u, "x86_64", PayloadScheme::Oci)
+        .unwrap()
+        .graph;
+    assert_eq!(oci.nodes().len(), 31);
+    assert_eq!(oci.nodes()[0].metadata[AGE_INDEX], "20");
+    assert_eq!(oci.nodes()[3].metadata[AGE_INDEX], "23");
+    let mut want = [span(0..3, 3), span(0..4, 4)].concat();
+    want.sort_unstable();
+    assert_eq!(oci.edges(), want);
+    // The same edges as the checksum graph between releases having both.
+    let versions = |g: &Graph, edges: &[(u32, u32)]| -> BTreeSet<(String, String)> {
+        edges
+            .iter()
+            .map(|&(a, b)| {
+                let v = |i: u32| g.nodes()[i as usize].version.clone();
+                (v(a), v(b))
+            })
+            .collect()
+    };
+    let with_oci: BTreeSet<String> = oci.nodes().iter().map(|n| n.version.clone()).collect();
+    let shared: Vec<(u32, u32)> = checksum
+        .edges()
+        .iter()
+        .copied()
+        .filter(|&(a, b)| {
+            [a, b]
+                .iter()
+                .all(|i| with_oci.contains(&checksum.nodes()[*i as usize].version))
+        })
+        .collect();
+    assert_eq!(versions(&oci, oci.edges()), versions(&checksum, &shared));
+}
+
 fn release(version: &str, arch: &str) -> IndexRelease {
     IndexRelease {
         version: version.to_owned(),
