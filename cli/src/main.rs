@@ -47,15 +47,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Bridge(args) => bridge::run(args),
         Command::Ops(command) => ops::run(command),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "upshift",
-                &mut std::io::stdout(),
-            );
-            ExitCode::SUCCESS
-        }
+        Command::Completions { shell } => completions(shell),
     }
 }
 
@@ -67,5 +59,22 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         ExitCode::from(upshift_common::config::EX_USAGE as u8)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Prints the completion script. It is rendered into memory first: clap's
+/// generator panics when stdout fails (`upshift completions zsh | head`).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "upshift", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader stopped early (head, a closed pager): nothing to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("upshift: cannot write the completions: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
