@@ -120,17 +120,29 @@ async fn run_catalog(
                 metrics.load_failed(&stream, &failure);
             }
         }
-        let snapshot = catalog.snapshot();
-        let waiting: Vec<&str> = snapshot
-            .sources
-            .values()
-            .filter(|s| s.state == LoadState::NeverLoaded)
-            .map(|s| s.stream.as_str())
-            .collect();
-        if waiting.is_empty() {
-            readiness.set_ready();
-        } else {
-            readiness.set_not_ready(format!("waiting for streams: {}", waiting.join(", ")));
+        match not_ready_because(&catalog.snapshot()) {
+            None => readiness.set_ready(),
+            Some(why) => readiness.set_not_ready(why),
         }
     }
+}
+
+/// Why the service is not ready: a stream not tried yet, or no stream loaded
+/// at all. A stream whose every attempt failed does not hold back the others
+/// (it answers `unavailable` with its reason): one broken source must not
+/// take every stream off a load balancer.
+fn not_ready_because(snapshot: &Snapshot) -> Option<String> {
+    let sources = || snapshot.sources.values();
+    let untried: Vec<&str> = sources()
+        .filter(|s| s.last_attempt.is_none())
+        .map(|s| s.stream.as_str())
+        .collect();
+    if !untried.is_empty() {
+        return Some(format!("waiting for streams: {}", untried.join(", ")));
+    }
+    if sources().all(|s| s.state == LoadState::NeverLoaded) {
+        let failing: Vec<&str> = sources().map(|s| s.stream.as_str()).collect();
+        return Some(format!("no stream has loaded: {}", failing.join(", ")));
+    }
+    None
 }

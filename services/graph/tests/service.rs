@@ -200,3 +200,68 @@ async fn a_stream_that_never_loaded_is_unavailable_with_the_reason() {
         200
     );
 }
+
+/// One broken source does not take the other streams off a load balancer:
+/// once every stream has been tried and one has loaded, the service is
+/// ready, and the broken stream answers `unavailable` with its reason.
+#[tokio::test]
+async fn a_broken_stream_does_not_make_the_others_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("stable");
+    let broken = dir.path().join("testing");
+    for d in [&good, &broken] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("releases.json"), fixture("releases.json")).unwrap();
+    }
+    std::fs::write(
+        good.join("updates.json"),
+        fixture("updates-history/026.json"),
+    )
+    .unwrap();
+    std::fs::write(broken.join("updates.json"), b"{ not json").unwrap();
+    let mut config = GraphConfig::default();
+    for (name, d) in [("stable", &good), ("testing", &broken)] {
+        config.streams.insert(
+            name.into(),
+            StreamSource {
+                dir: Some(d.clone()),
+                ..Default::default()
+            },
+        );
+    }
+    let (url, _shutdown) = host(&config).await;
+    let mut ready = 0;
+    for _ in 0..250 {
+        ready = reqwest::get(format!("{url}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 200, "stable loaded, testing was tried and rejected");
+    let mut client = GraphServiceClient::connect(url).await.unwrap();
+    let testing = client
+        .get_graph(pb::GetGraphRequest {
+            scope: Some(pb::Scope {
+                stream: "testing".into(),
+                ..x86()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(testing.code(), tonic::Code::Unavailable);
+    assert!(
+        testing.message().contains("updates.json"),
+        "{}",
+        testing.message()
+    );
+    let stable = client
+        .get_graph(pb::GetGraphRequest { scope: Some(x86()) })
+        .await
+        .unwrap();
+    assert!(!stable.into_inner().graph.unwrap().nodes.is_empty());
+}
