@@ -64,7 +64,8 @@ pub struct HostArgs {
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
     /// Load and validate the configuration (file, flags, env), print
-    /// "configuration OK" and exit 0 without starting (exit 64 when invalid).
+    /// "configuration OK" with the listen address and exit 0 without
+    /// starting (exit 64 when invalid).
     #[arg(long)]
     pub check_config: bool,
 }
@@ -256,7 +257,10 @@ where
     Fut: Future<Output = anyhow::Result<BoundServer>>,
 {
     if host.check_config {
-        println!("configuration OK");
+        println!(
+            "configuration OK: {service} would listen on {}",
+            settings.listen
+        );
         return ExitCode::SUCCESS;
     }
     if let Some((dir, key)) = dir
