@@ -1,5 +1,9 @@
 //! The `upshift-agent` binary under `--root`: `run` against the real policy
-//! service, and the control subcommands through its socket.
+//! service with its spans exported to an in-process OTLP receiver, and the
+//! control subcommands through its socket.
+
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,6 +92,8 @@ async fn run_and_control_subcommands_under_a_root() {
     let s = stop.clone();
     tokio::spawn(async move { srv.bound.serve(async move { s.cancelled().await }).await });
 
+    // The agent process exports its spans here.
+    let (otlp, receiver) = otlp::Receiver::start().await;
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     // A daily window opening in 12 hours: closed now.
@@ -100,10 +106,21 @@ async fn run_and_control_subcommands_under_a_root() {
             "[identity]\nnode_uuid = \"cli-node\"\nbasearch = \"x86_64\"\n\
              [updates]\nbackend = \"stream\"\npolicy_url = \"{url}\"\n\
              [[updates.windows]]\nstart = \"{opens}\"\nlength = \"1h\"\n\
-             [lock]\nkind = \"immediate\"\n[os]\nbackend = \"simulated\"\n"
+             [lock]\nkind = \"immediate\"\n[os]\nbackend = \"simulated\"\n\
+             [telemetry]\notlp_endpoint = \"{otlp}\"\n"
         ),
     )
     .unwrap();
+    let shown = agent(root, &["config", "show"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains(&format!(
+            "telemetry.otlp_endpoint = \"{otlp}\"  # {}",
+            conf.join("50-test.toml").display()
+        )),
+        "{}",
+        text(&shown)
+    );
     let state = root.join("var/lib/upshift");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(
@@ -151,5 +168,22 @@ async fn run_and_control_subcommands_under_a_root() {
     assert!(sim.contains("\"version\": \"2\""), "{sim}");
     // Nobody answers on the socket any more.
     assert_eq!(agent(root, &["status"]).status.code(), Some(69));
+    // The update's spans left the process before it exited.
+    let spans = receiver.spans();
+    let update = spans
+        .iter()
+        .find(|(_, s)| s.name == "update")
+        .map(|(svc, s)| (svc.clone(), s.clone()));
+    let (service, update) = update.expect("the update span was exported");
+    assert_eq!(service, "upshift-agent");
+    assert_eq!(otlp::attr(&update, "to_version").as_deref(), Some("2"));
+    for step in ["staging", "gates", "finalize", "reboot"] {
+        assert!(
+            spans.iter().any(|(_, s)| s.name == step
+                && s.trace_id == update.trace_id
+                && s.parent_span_id == update.span_id),
+            "{step} under the update"
+        );
+    }
     stop.cancel();
 }

@@ -99,9 +99,10 @@ fn run(root: &Path) -> ExitCode {
         }
     };
     let result = run_backend(&rt, &s, &ident);
-    // Spans still batched (the update's, before a reboot) go out now.
+    // Spans still batched (the update's, before a reboot) go out now: the
+    // flush blocks, so off the runtime's thread while the runtime runs.
     if guard.exporting() {
-        let _ = rt.block_on(tokio::task::spawn_blocking(move || drop(guard)));
+        let _ = rt.block_on(async { tokio::task::spawn_blocking(move || drop(guard)).await });
     }
     match result {
         Ok(driver::Exit::Rebooted) => {
