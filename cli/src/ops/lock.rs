@@ -79,6 +79,9 @@ enum LockCommand {
         /// At most this many entries.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Older entries: the token a previous page printed.
+        #[arg(long)]
+        page_token: Option<String>,
     },
 }
 
@@ -107,18 +110,21 @@ pub async fn run(args: LockArgs) -> Result<Exit, OpsError> {
             emit(format, &view, render_list)?;
             return Ok(Exit::Ok);
         }
-        LockCommand::Audit { group, limit } => {
-            let entries = admin
+        LockCommand::Audit {
+            group,
+            limit,
+            page_token,
+        } => {
+            let page = admin
                 .list_audit(conn.request(pb::ListAuditRequest {
                     group: group.unwrap_or_default(),
                     limit,
-                    ..Default::default()
+                    page_token: page_token.unwrap_or_default(),
                 }))
                 .await
                 .map_err(fail)?
-                .into_inner()
-                .entries;
-            emit_audit(format, &entries)?;
+                .into_inner();
+            emit_audit(format, &page)?;
             return Ok(Exit::Ok);
         }
         LockCommand::Release { group, id, reason } => {
@@ -241,6 +247,8 @@ struct Released {
 #[derive(Debug, Serialize)]
 struct AuditView {
     entries: Vec<AuditEntryView>,
+    /// `--page-token` of the next (older) page, if any.
+    next_page_token: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,6 +259,7 @@ struct AuditEntryView {
     group: String,
     target: String,
     reason: String,
+    outcome: String,
 }
 
 fn holder_view(h: &pb::Holder) -> HolderView {
@@ -387,9 +396,10 @@ fn render_group(g: &GroupView) -> String {
     out
 }
 
-fn emit_audit(format: Format, entries: &[pb::AuditEntry]) -> Result<(), OpsError> {
+fn emit_audit(format: Format, page: &pb::ListAuditResponse) -> Result<(), OpsError> {
     let view = AuditView {
-        entries: entries
+        entries: page
+            .entries
             .iter()
             .map(|e| AuditEntryView {
                 at: timestamp(e.at.as_ref()),
@@ -398,11 +408,15 @@ fn emit_audit(format: Format, entries: &[pb::AuditEntry]) -> Result<(), OpsError
                 group: e.group.clone(),
                 target: e.target.clone(),
                 reason: e.reason.clone(),
+                outcome: e.outcome.clone(),
             })
             .collect(),
+        next_page_token: (!page.next_page_token.is_empty()).then(|| page.next_page_token.clone()),
     };
     emit(format, &view, |v| {
-        let mut table = Table::new(&["AT", "ACTOR", "ACTION", "GROUP", "TARGET", "REASON"]);
+        let mut table = Table::new(&[
+            "AT", "ACTOR", "ACTION", "GROUP", "TARGET", "OUTCOME", "REASON",
+        ]);
         for e in &v.entries {
             table.row(vec![
                 e.at.clone().unwrap_or_default(),
@@ -410,9 +424,14 @@ fn emit_audit(format: Format, entries: &[pb::AuditEntry]) -> Result<(), OpsError
                 e.action.clone(),
                 e.group.clone(),
                 e.target.clone(),
+                e.outcome.clone(),
                 e.reason.clone(),
             ]);
         }
-        table.render()
+        let mut out = table.render();
+        if let Some(token) = &v.next_page_token {
+            out.push_str(&format!("older entries: --page-token {token}\n"));
+        }
+        out
     })
 }
