@@ -24,16 +24,24 @@ pub enum Exit {
     Ok = 0,
     /// The call failed (server error, not found, permission denied).
     Failed = 1,
-    /// Usage error (flags, unreadable files).
-    Usage = 2,
+    /// Usage error (flags, unreadable files): `EX_USAGE`, like a bad flag
+    /// or configuration anywhere in `upshift`.
+    Usage = 64,
     /// A service is unreachable or not serving.
     Unavailable = 3,
 }
 
 impl Exit {
-    /// The higher of two exit codes (unavailable outranks a failed call).
+    /// The worse of two outcomes: usage, then unavailable, then a failed
+    /// call, then success.
     pub fn worse(self, other: Exit) -> Exit {
-        if other as u8 > self as u8 {
+        let rank = |e: Exit| match e {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::Unavailable => 2,
+            Exit::Usage => 3,
+        };
+        if rank(other) > rank(self) {
             other
         } else {
             self

@@ -93,7 +93,7 @@ fn check_admin_changes(mesh: &Mesh) -> Result<()> {
         .json()?;
     assert_eq!(slots["total_slots"], 3);
     mesh.cli(&["lock", "slots", "workers", "0", "--reason", "x"])?
-        .expect(2)?;
+        .expect(64)?;
     let paused = mesh
         .admin(&[
             "lock",

@@ -75,7 +75,7 @@ fn check_health(mesh: &Mesh, closed: &str) -> Result<()> {
 }
 
 #[test]
-fn unreachable_services_exit_3_and_usage_errors_exit_2() -> Result<()> {
+fn unreachable_services_exit_3_and_usage_errors_exit_64() -> Result<()> {
     let closed = closed_port_url()?;
     for (args, service) in [
         (vec!["graph", "show", "--graph", &closed], "graph"),
@@ -95,7 +95,7 @@ fn unreachable_services_exit_3_and_usage_errors_exit_2() -> Result<()> {
         );
     }
     a_silent_server_runs_into_the_deadline()?;
-    usage_errors_exit_2(&closed)
+    usage_errors_exit_64(&closed)
 }
 
 /// A server that accepts connections and never answers runs into the deadline.
@@ -122,14 +122,14 @@ fn a_silent_server_runs_into_the_deadline() -> Result<()> {
 }
 
 /// Missing arguments, a bad URL and an unreadable token file are usage errors.
-fn usage_errors_exit_2(closed: &str) -> Result<()> {
-    run_cli(&["rollout", "pause", "stable"], &[])?.expect(2)?;
-    let bad = run_cli(&["lock", "list", "--lock", "ftp://example.org"], &[])?.expect(2)?;
+fn usage_errors_exit_64(closed: &str) -> Result<()> {
+    run_cli(&["rollout", "pause", "stable"], &[])?.expect(64)?;
+    let bad = run_cli(&["lock", "list", "--lock", "ftp://example.org"], &[])?.expect(64)?;
     assert!(bad.stderr.contains("http:// or https://"), "{}", bad.stderr);
     let no_token = ["--admin-token-file", "/nonexistent/token"];
     let mut admin = vec!["lock", "pause", "workers", "--reason", "x"];
     admin.extend(no_token);
-    let missing = run_cli(&admin, &[])?.expect(2)?;
+    let missing = run_cli(&admin, &[])?.expect(64)?;
     assert!(
         missing.stderr.contains("/nonexistent/token"),
         "{}",

@@ -106,6 +106,6 @@ fn check_audit_and_a_cert_without_key(https: &str, ca: &str, cert: &str, key: &s
     assert_eq!(audit["entries"][0]["actor"], "cert:ops-admin", "{audit}");
     let mut list = vec!["lock", "list"];
     list.extend(tls);
-    run_cli(&list, &[])?.expect(2)?;
+    run_cli(&list, &[])?.expect(64)?;
     Ok(())
 }
