@@ -41,7 +41,8 @@ mod prometheus;
 mod topology;
 
 /// The Upshift services of compose.yaml and their documented default ports
-/// (README.md "Default ports"; `upshift serve <svc> --help`).
+/// (README.md "Default ports"; `ports::the_default_ports_are_the_binaries_own`
+/// checks them against the binaries).
 const DEFAULT_PORTS: &[(&str, u16)] = &[
     ("graph", 7401),
     ("policy", 7402),

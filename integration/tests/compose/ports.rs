@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 
 use crate::model::{Compose, strings};
 use crate::paths::{check_service_url, host_port, service_config, urls_in_file};
-use crate::{DEFAULT_PORTS, agent_job, repo, yaml};
+use crate::{DEFAULT_PORTS, agent_job, repo, run, yaml};
 
 #[test]
 fn ports_agree_with_defaults_configs_and_prometheus() -> Result<()> {
@@ -165,5 +165,42 @@ fn check_agent_job(compose: &Compose, prometheus: &Value) -> Result<()> {
             "selector {name} scraped but not configured in the bridge"
         );
     }
+    Ok(())
+}
+
+/// `DEFAULT_PORTS` is what the binaries themselves default to: each service
+/// run with no listen address reports the one it would use, and the bridge's
+/// help names its default.
+#[test]
+fn the_default_ports_are_the_binaries_own() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stream = upshift_integration::stable_metadata(dir.path(), 58)?;
+    let metadata = stream
+        .parent()
+        .context("metadata root")?
+        .display()
+        .to_string();
+    for (name, port) in DEFAULT_PORTS.iter().filter(|(n, _)| *n != "bridge") {
+        let mut args: Vec<String> = ["serve", name, "--check-config"].map(String::from).to_vec();
+        match *name {
+            "graph" => args.extend(["--metadata".to_string(), metadata.clone()]),
+            "policy" => args.extend(["--graph".into(), "http://127.0.0.1:1".into()]),
+            _ => {}
+        }
+        let out = run("upshift", &args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && stdout.contains(&format!("would listen on 0.0.0.0:{port}")),
+            "upshift serve {name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let help = run("upshift", &["bridge".into(), "--help".into()])?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let bridge = crate::default_port("bridge").context("bridge port")?;
+    ensure!(
+        help.contains(&format!("default 0.0.0.0:{bridge}")),
+        "upshift bridge --help: {help}"
+    );
     Ok(())
 }
