@@ -49,7 +49,15 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("telemetry", &["url", "interval", "otlp_endpoint"]),
     ("state", &["state_dir", "run_dir"]),
     ("tls", &["ca_file", "cert_file", "key_file"]),
-    ("os", &["backend", "simulated_state_file", "fail_versions"]),
+    (
+        "os",
+        &[
+            "backend",
+            "simulated_state_file",
+            "fail_versions",
+            "fail_boot_versions",
+        ],
+    ),
 ];
 
 /// One configuration problem, naming the file and key.

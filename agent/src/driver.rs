@@ -11,18 +11,18 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use upshift_common::clock::{Clock, SharedClock};
 
 use crate::hints::{self, Hint, HintSource, NodeView};
 use crate::lock::RebootLock;
-use crate::machine::{Action, Event, State, transition};
+use crate::machine::{Action, Event, Pending, State, transition};
 use crate::net::Rng;
 use crate::os::{OsBackend, Release};
 use crate::persist::{self, Persisted};
 use crate::settings::Settings;
 use crate::status::{ErrorKind, LastError, Status, state_name};
 
+mod actions;
 mod gates;
 mod update_trace;
 
@@ -152,7 +152,12 @@ pub async fn run_with<O: OsBackend>(
     rt: &mut Runtime,
 ) -> Result<Exit, DriverError> {
     let p = persist::load(&settings.state_dir)?;
-    let booted = os.booted().await?;
+    // Cancellation also ends an OS call in flight, as a killed process would.
+    let stop = rt.cancel.clone();
+    let booted = tokio::select! {
+        r = os.booted() => r?,
+        _ = stop.cancelled() => return Ok(Exit::Cancelled),
+    };
     let cancel = rt.cancel.child_token();
     let _stop_tasks = cancel.clone().drop_guard();
     let node = watch::Sender::new(NodeView {
@@ -206,8 +211,6 @@ pub async fn run_with<O: OsBackend>(
         base_checks,
         seen_feed_errors: 0,
     };
-    // Cancellation also ends an OS call in flight, as a killed process would.
-    let stop = rt.cancel.clone();
     tokio::select! {
         r = d.run() => r,
         _ = stop.cancelled() => Ok(Exit::Cancelled),
@@ -249,10 +252,7 @@ struct Driver<'a, O> {
 
 impl<O: OsBackend> Driver<'_, O> {
     async fn run(&mut self) -> Result<Exit, DriverError> {
-        let mut event = Event::Started {
-            booted: self.booted.version.clone(),
-            pending_target: self.p.pending_target.clone(),
-        };
+        let mut event = self.start_event().await?;
         loop {
             let now = self.clock.now();
             let (next, actions) = transition(&self.state, &event, now)?;
@@ -292,12 +292,32 @@ impl<O: OsBackend> Driver<'_, O> {
         }
     }
 
+    /// `Started`, with whether the OS still has the persisted target staged.
+    async fn start_event(&self) -> Result<Event, DriverError> {
+        let booted = self.booted.version.clone();
+        let pending = match &self.p.pending_target {
+            None => None,
+            Some(t) => {
+                let staged =
+                    *t != booted && self.os.staged().await?.is_some_and(|r| r.version == *t);
+                Some(Pending {
+                    target: t.clone(),
+                    staged,
+                    failures: self.failures_of(t),
+                })
+            }
+        };
+        Ok(Event::Started { booted, pending })
+    }
+
     /// Waits for the next event: a hint, a due retry, lock progress or a
     /// command. `None` when cancelled.
     async fn wait(&mut self) -> Option<Event> {
         loop {
-            if matches!(self.state, State::Idle | State::DeadEnd { .. })
-                && let Some(e) = self.hint_event()
+            if matches!(
+                self.state,
+                State::Idle | State::DeadEnd { .. } | State::UpdateAvailable { .. }
+            ) && let Some(e) = self.hint_event()
             {
                 return Some(e);
             }
@@ -327,36 +347,65 @@ impl<O: OsBackend> Driver<'_, O> {
         }
     }
 
-    /// The event the current hint means in `Idle`/`DeadEnd`, if it changes
-    /// anything.
+    /// The event the current hint means in `Idle`, `DeadEnd` or
+    /// `UpdateAvailable`, if it changes anything.
     fn hint_event(&mut self) -> Option<Event> {
         let (hint, source) = {
             let f = self.hints.feed.borrow();
             (f.hint.clone()?, f.hint_trace.clone())
         };
-        let dead = matches!(self.state, State::DeadEnd { .. });
+        let available = match &self.state {
+            State::UpdateAvailable { target, .. } => Some(target.clone()),
+            _ => None,
+        };
+        let leave = available.is_some() || matches!(self.state, State::DeadEnd { .. });
         match hint {
             Hint::Update(r)
-                if !self.paused
-                    && r.version != self.booted.version
-                    && !self.p.deny_list.contains(&r.version) =>
+                if r.version != self.booted.version && !self.p.deny_list.contains(&r.version) =>
             {
+                if available.as_deref() == Some(r.version.as_str()) {
+                    return None;
+                }
                 let target = r.version.clone();
+                self.choose_target(&target);
                 self.begin_update(&target, source.as_deref());
                 self.targets.insert(target.clone(), r);
-                Some(Event::UpdateFound { target })
+                Some(Event::UpdateFound {
+                    failures: self.failures_of(&target),
+                    target,
+                    paused: self.paused,
+                })
             }
             Hint::DeadEnd { reason } => match &self.state {
                 State::DeadEnd { reason: r } if *r == reason => None,
                 _ => Some(Event::DeadEndFound { reason }),
             },
-            _ if dead => Some(Event::NoUpdate),
+            // The source cannot place the node for now: keep the target.
+            Hint::Unknown(_) if available.is_some() => None,
+            _ if leave => {
+                if available.is_some() {
+                    self.trace.end(Some("target withdrawn"));
+                }
+                Some(Event::NoUpdate)
+            }
             _ => None,
+        }
+    }
+
+    /// A new target resets the failure counts of any other.
+    fn choose_target(&mut self, target: &str) {
+        let before = self.p.failure_counts.len();
+        self.p.failure_counts.retain(|v, _| v == target);
+        if self.p.failure_counts.len() != before
+            && let Err(e) = self.save()
+        {
+            tracing::warn!(error = %e, "cannot save state");
         }
     }
 
     fn command(&mut self, req: Request) -> Option<Event> {
         let waiting = matches!(self.state, State::WaitingForGates { .. });
+        let available = matches!(self.state, State::UpdateAvailable { .. });
         let (answer, event) = match req.command {
             Command::CheckNow => {
                 self.hints.poke.notify_one();
@@ -368,7 +417,12 @@ impl<O: OsBackend> Driver<'_, O> {
                 self.p.paused = pause;
                 match persist::save(&self.s.state_dir, &self.p) {
                     Ok(()) => {
-                        let ev = (!pause && waiting).then_some(Event::RetryDue);
+                        let ev = match (pause, waiting, available) {
+                            (true, _, true) => Some(Event::Paused),
+                            (false, _, true) => Some(Event::Resumed),
+                            (false, true, _) => Some(Event::RetryDue),
+                            _ => None,
+                        };
                         let word = if pause { "paused" } else { "resumed" };
                         (Ok(format!("updates {word}")), ev)
                     }
@@ -398,124 +452,6 @@ impl<O: OsBackend> Driver<'_, O> {
         event
     }
 
-    async fn act(&mut self, a: Action) -> Result<Option<Event>, DriverError> {
-        let span = self.action_span(&a);
-        self.perform(a).instrument(span).await
-    }
-
-    async fn perform(&mut self, a: Action) -> Result<Option<Event>, DriverError> {
-        Ok(match a {
-            Action::ReleaseLockIfHeld => Some(self.report_steady().await?),
-            Action::Stage { target } => Some(self.stage(target).await?),
-            Action::ScheduleRetry { at } => {
-                self.retry_at = Some(at);
-                None
-            }
-            Action::DenyRelease { target } => {
-                self.record_error(
-                    ErrorKind::ReleaseDenied,
-                    format!("{target} failed staging too often; denied"),
-                );
-                self.p.deny_list.insert(target);
-                self.save()?;
-                self.trace.end(Some("release denied after failed staging"));
-                self.targets.clear();
-                self.node
-                    .send_modify(|n| n.denied = self.p.deny_list.iter().cloned().collect());
-                None
-            }
-            Action::CheckGates => Some(self.check_gates().await?),
-            Action::Finalize { .. } => Some(self.finalize().await),
-            Action::Reboot => {
-                self.os.reboot().await?;
-                None
-            }
-            Action::WriteDeadEndNotice { reason } => {
-                if let Some(m) = &self.ident.motd_path {
-                    if let Some(d) = m.parent() {
-                        std::fs::create_dir_all(d)?;
-                    }
-                    std::fs::write(
-                        m,
-                        format!(
-                            "This host runs a dead-end release and will not be updated: {reason}\n"
-                        ),
-                    )?;
-                }
-                None
-            }
-            Action::ClearDeadEndNotice => {
-                if let Some(m) = &self.ident.motd_path {
-                    let _ = std::fs::remove_file(m);
-                }
-                None
-            }
-        })
-    }
-
-    async fn finalize(&mut self) -> Event {
-        match self.os.finalize().await {
-            Ok(()) => {
-                self.updates += 1;
-                Event::Finalized
-            }
-            Err(e) => {
-                tracing::Span::current().record("otel.status_code", "ERROR");
-                self.record_error(ErrorKind::FinalizeFailed, e.to_string());
-                self.retry_at = Some(self.clock.now() + GATE_RETRY);
-                Event::FinalizeFailed
-            }
-        }
-    }
-
-    async fn report_steady(&mut self) -> Result<Event, DriverError> {
-        if self.p.lock_held {
-            if let Err(e) = self.lock.release().await {
-                self.record_error(ErrorKind::SteadyStateFailed, e.to_string());
-                return Ok(Event::SteadyFailed);
-            }
-            self.p.lock_held = false;
-        }
-        self.p.pending_target = None;
-        self.p.traceparent = None;
-        self.save()?;
-        self.trace.end(None);
-        Ok(Event::SteadyReported)
-    }
-
-    async fn stage(&mut self, target: String) -> Result<Event, DriverError> {
-        let Some(rel) = self.targets.get(&target).cloned() else {
-            self.record_error(
-                ErrorKind::StagingFailed,
-                format!("no payload known for {target}"),
-            );
-            return Ok(Event::StageFailed);
-        };
-        // Already deployed (a restart during staging): no second deploy.
-        let staged = matches!(self.os.staged().await, Ok(Some(r)) if r == rel);
-        let result = if staged {
-            Ok(())
-        } else {
-            self.os.stage(&rel).await
-        };
-        match result {
-            Ok(()) => {
-                self.p.pending_target = Some(target);
-                // The next run (after the reboot) continues this trace.
-                self.p.traceparent = self.trace.traceparent();
-                self.save()?;
-                Ok(Event::StageSucceeded)
-            }
-            Err(e) => {
-                tracing::Span::current().record("otel.status_code", "ERROR");
-                self.record_error(ErrorKind::StagingFailed, e.to_string());
-                *self.p.failure_counts.entry(target).or_default() += 1;
-                self.save()?;
-                Ok(Event::StageFailed)
-            }
-        }
-    }
-
     fn save(&self) -> std::io::Result<()> {
         persist::save(&self.s.state_dir, &self.p)
     }
@@ -533,7 +469,7 @@ impl<O: OsBackend> Driver<'_, O> {
     /// The target being worked on, if any.
     fn pending(&self) -> Option<String> {
         match &self.state {
-            State::UpdateAvailable { target }
+            State::UpdateAvailable { target, .. }
             | State::Staging { target, .. }
             | State::Staged { target }
             | State::WaitingForGates { target }

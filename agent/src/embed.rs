@@ -66,6 +66,7 @@ pub fn spawn(
     let os = Simulated {
         file: settings.simulated_state_file.clone(),
         fail_versions: settings.fail_versions.clone(),
+        fail_boot_versions: settings.fail_boot_versions.clone(),
         initial: options.initial,
     };
     let task = tokio::spawn(async move {

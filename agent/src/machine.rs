@@ -1,11 +1,14 @@
 //! The agent state machine: one enum and a pure transition function.
 //!
 //! `transition(state, event, now)` does no I/O: it returns the next state and
-//! the actions the driver must perform. Illegal pairs are errors.
+//! the actions the driver must perform. Illegal pairs are errors. Inputs the
+//! decision needs (whether the target is still staged, failures persisted
+//! for it, whether updates are paused) come in with the events.
 
 use std::time::{Duration, SystemTime};
 
-/// Staging attempts before the release goes on the deny list.
+/// Failed attempts on a release (staging, or a boot that rolled back)
+/// before it goes on the deny list.
 pub const MAX_STAGE_ATTEMPTS: u32 = 3;
 /// Base staging retry backoff (doubles per attempt).
 pub const STAGE_BACKOFF: Duration = Duration::from_secs(30);
@@ -24,8 +27,12 @@ pub enum State {
     DeadEnd {
         reason: String,
     },
+    /// A target is known but staging is postponed: updates are paused, or
+    /// the backoff after an earlier failed attempt is running. `attempt`
+    /// is the attempt staging will be.
     UpdateAvailable {
         target: String,
+        attempt: u32,
     },
     Staging {
         target: String,
@@ -45,21 +52,45 @@ pub enum State {
     },
 }
 
+/// The target persisted by an earlier run, as the OS sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub target: String,
+    /// Whether the OS still has it staged (asked only when not booted).
+    pub staged: bool,
+    /// Failed attempts on it so far (persisted).
+    pub failures: u32,
+}
+
+/// Why an attempt on a release failed outside staging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// After a restart the target is neither booted nor staged: the host
+    /// booted it and came back, or the deployment was removed.
+    RolledBack,
+    /// Finalization found nothing staged.
+    NothingStaged,
+}
+
 /// Inputs to the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Process start: the booted version and any target persisted before.
     Started {
         booted: String,
-        pending_target: Option<String>,
+        pending: Option<Pending>,
     },
     /// Steady state confirmed (lock released if held).
     SteadyReported,
     /// Releasing the lock at steady state failed (retried).
     SteadyFailed,
     NoUpdate,
+    /// A target to update to; `failures` persisted for it, `paused`
+    /// whether updates are paused locally.
     UpdateFound {
         target: String,
+        failures: u32,
+        paused: bool,
     },
     DeadEndFound {
         reason: String,
@@ -72,19 +103,47 @@ pub enum Event {
     GateCheckFailed,
     Finalized,
     FinalizeFailed,
+    /// Finalization found nothing staged: the deployment is gone.
+    NothingStaged {
+        booted: String,
+        failures: u32,
+    },
+    /// `upshift-agent pause`.
+    Paused,
+    /// `upshift-agent resume`.
+    Resumed,
 }
 
 /// Side effects for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     ReleaseLockIfHeld,
-    Stage { target: String },
-    ScheduleRetry { at: SystemTime },
-    DenyRelease { target: String },
+    Stage {
+        target: String,
+    },
+    ScheduleRetry {
+        at: SystemTime,
+    },
+    /// Drops a scheduled retry (the state that wanted it is left).
+    CancelRetry,
+    /// Counts a failed attempt on `target` and reports why.
+    AttemptFailed {
+        target: String,
+        why: AttemptFailure,
+    },
+    /// Removes any pending (staged) deployment.
+    Cleanup,
+    DenyRelease {
+        target: String,
+    },
     CheckGates,
-    Finalize { target: String },
+    Finalize {
+        target: String,
+    },
     Reboot,
-    WriteDeadEndNotice { reason: String },
+    WriteDeadEndNotice {
+        reason: String,
+    },
     ClearDeadEndNotice,
 }
 
@@ -94,10 +153,13 @@ impl Action {
         match self {
             Self::ReleaseLockIfHeld
             | Self::Stage { .. }
+            | Self::Cleanup
             | Self::CheckGates
             | Self::Finalize { .. }
             | Self::Reboot => true,
             Self::ScheduleRetry { .. }
+            | Self::CancelRetry
+            | Self::AttemptFailed { .. }
             | Self::DenyRelease { .. }
             | Self::WriteDeadEndNotice { .. }
             | Self::ClearDeadEndNotice => false,
@@ -113,119 +175,50 @@ pub struct TransitionError {
     pub event: Event,
 }
 
+type Next = (State, Vec<Action>);
+
+/// Backoff before the attempt after `failures` failed ones.
+pub fn stage_backoff(failures: u32) -> Duration {
+    STAGE_BACKOFF * 2u32.saturating_pow(failures.saturating_sub(1))
+}
+
 /// The pure transition function.
-pub fn transition(
-    state: &State,
-    event: &Event,
-    now: SystemTime,
-) -> Result<(State, Vec<Action>), TransitionError> {
+pub fn transition(state: &State, event: &Event, now: SystemTime) -> Result<Next, TransitionError> {
     use Event as E;
     use State as S;
-    let ok = |s: State, a: Vec<Action>| Ok((s, a));
-    match (state, event) {
-        (
-            S::Start,
-            E::Started {
-                booted,
-                pending_target,
-            },
-        ) => match pending_target {
-            // Rebooted into the target (or not): either way confirm steady first;
-            // the driver compares booted with the persisted target.
-            Some(t) if t != booted => ok(S::Staged { target: t.clone() }, vec![Action::CheckGates]),
-            _ => ok(
-                S::ReportingSteady {
-                    booted: booted.clone(),
-                },
-                vec![Action::ReleaseLockIfHeld],
-            ),
-        },
-        (S::ReportingSteady { .. }, E::SteadyReported) => ok(S::Idle, vec![]),
-        (S::ReportingSteady { booted }, E::SteadyFailed) => ok(
-            S::ReportingSteady {
-                booted: booted.clone(),
-            },
+    let next = match (state, event) {
+        (S::Start, E::Started { booted, pending }) => started(booted, pending.as_ref()),
+        (S::ReportingSteady { .. }, E::SteadyReported) => (S::Idle, vec![]),
+        (S::ReportingSteady { booted }, E::SteadyFailed) => (
+            steady(booted),
             vec![Action::ScheduleRetry {
                 at: now + STEADY_RETRY,
             }],
         ),
-        (S::ReportingSteady { booted }, E::RetryDue) => ok(
-            S::ReportingSteady {
-                booted: booted.clone(),
-            },
-            vec![Action::ReleaseLockIfHeld],
-        ),
-        (S::Idle | S::DeadEnd { .. }, E::NoUpdate) => ok(S::Idle, vec![Action::ClearDeadEndNotice]),
-        (S::Idle | S::DeadEnd { .. }, E::UpdateFound { target }) => ok(
-            S::Staging {
-                target: target.clone(),
-                attempt: 1,
-            },
-            vec![
-                Action::ClearDeadEndNotice,
-                Action::Stage {
-                    target: target.clone(),
-                },
-            ],
-        ),
-        (S::UpdateAvailable { target }, E::RetryDue) => ok(
-            S::Staging {
-                target: target.clone(),
-                attempt: 1,
-            },
-            vec![Action::Stage {
-                target: target.clone(),
-            }],
-        ),
-        (S::Idle | S::DeadEnd { .. }, E::DeadEndFound { reason }) => ok(
-            S::DeadEnd {
-                reason: reason.clone(),
-            },
-            vec![Action::WriteDeadEndNotice {
-                reason: reason.clone(),
-            }],
-        ),
-        (S::Staging { target, .. }, E::StageSucceeded) => ok(
+        (S::ReportingSteady { booted }, E::RetryDue) => {
+            (steady(booted), vec![Action::ReleaseLockIfHeld])
+        }
+        (S::Idle | S::DeadEnd { .. } | S::UpdateAvailable { .. }, _) => {
+            return waiting(state, event, now).ok_or_else(|| illegal(state, event));
+        }
+        (S::Staging { target, .. }, E::StageSucceeded) => (
             S::Staged {
                 target: target.clone(),
             },
             vec![Action::CheckGates],
         ),
-        (S::Staging { target, attempt }, E::StageFailed) => {
-            if *attempt >= MAX_STAGE_ATTEMPTS {
-                ok(
-                    S::Idle,
-                    vec![Action::DenyRelease {
-                        target: target.clone(),
-                    }],
-                )
-            } else {
-                let backoff = STAGE_BACKOFF * 2u32.saturating_pow(attempt - 1);
-                ok(
-                    S::Staging {
-                        target: target.clone(),
-                        attempt: attempt + 1,
-                    },
-                    vec![Action::ScheduleRetry { at: now + backoff }],
-                )
-            }
-        }
-        (S::Staging { target, attempt }, E::RetryDue) => ok(
-            S::Staging {
-                target: target.clone(),
-                attempt: *attempt,
-            },
-            vec![Action::Stage {
-                target: target.clone(),
-            }],
-        ),
-        (S::Staged { target }, E::GatesRefused | E::GateCheckFailed) => ok(
+        (S::Staging { target, attempt }, E::StageFailed) => stage_failed(target, *attempt, now),
+        (S::Staging { target, attempt }, E::RetryDue) => staging(target, *attempt),
+        (
+            S::Staged { target } | S::WaitingForGates { target },
+            E::GatesRefused | E::GateCheckFailed,
+        ) => (
             S::WaitingForGates {
                 target: target.clone(),
             },
             vec![],
         ),
-        (S::Staged { target } | S::WaitingForGates { target }, E::GatesPassed) => ok(
+        (S::Staged { target } | S::WaitingForGates { target }, E::GatesPassed) => (
             S::Finalizing {
                 target: target.clone(),
             },
@@ -233,19 +226,13 @@ pub fn transition(
                 target: target.clone(),
             }],
         ),
-        (S::WaitingForGates { target }, E::GatesRefused | E::GateCheckFailed) => ok(
-            S::WaitingForGates {
-                target: target.clone(),
-            },
-            vec![],
-        ),
-        (S::WaitingForGates { target }, E::RetryDue) => ok(
+        (S::WaitingForGates { target }, E::RetryDue) => (
             S::WaitingForGates {
                 target: target.clone(),
             },
             vec![Action::CheckGates],
         ),
-        (S::Finalizing { target }, E::Finalized) => ok(
+        (S::Finalizing { target }, E::Finalized) => (
             S::Rebooting {
                 target: target.clone(),
             },
@@ -253,169 +240,173 @@ pub fn transition(
         ),
         // A failed finalization never reboots: back to waiting (keeps the lock
         // until the next gate round decides).
-        (S::Finalizing { target }, E::FinalizeFailed) => ok(
+        (S::Finalizing { target }, E::FinalizeFailed) => (
             S::WaitingForGates {
                 target: target.clone(),
             },
             vec![],
         ),
-        (s, e) => Err(TransitionError {
-            state: s.clone(),
-            event: e.clone(),
-        }),
+        // Nothing left to finalize: waiting would hold the lock forever.
+        (S::Finalizing { target }, E::NothingStaged { booted, failures }) => {
+            attempt_failed(target, booted, *failures, AttemptFailure::NothingStaged)
+        }
+        (s, e) => return Err(illegal(s, e)),
+    };
+    Ok(next)
+}
+
+fn illegal(state: &State, event: &Event) -> TransitionError {
+    TransitionError {
+        state: state.clone(),
+        event: event.clone(),
+    }
+}
+
+fn steady(booted: &str) -> State {
+    State::ReportingSteady {
+        booted: booted.to_owned(),
+    }
+}
+
+fn staging(target: &str, attempt: u32) -> Next {
+    (
+        State::Staging {
+            target: target.to_owned(),
+            attempt,
+        },
+        vec![Action::Stage {
+            target: target.to_owned(),
+        }],
+    )
+}
+
+/// Start: steady when the target (or nothing) is booted, resume when it is
+/// still staged, else the attempt failed (rolled back or removed).
+fn started(booted: &str, pending: Option<&Pending>) -> Next {
+    match pending {
+        Some(p) if p.target != booted && p.staged => (
+            State::Staged {
+                target: p.target.clone(),
+            },
+            vec![Action::CheckGates],
+        ),
+        Some(p) if p.target != booted => {
+            attempt_failed(&p.target, booted, p.failures, AttemptFailure::RolledBack)
+        }
+        _ => (steady(booted), vec![Action::ReleaseLockIfHeld]),
+    }
+}
+
+/// A failed attempt outside staging: count it (deny the release once the
+/// budget is spent), remove what is left staged, and report steady on the
+/// booted release, which releases the lock.
+fn attempt_failed(target: &str, booted: &str, failures: u32, why: AttemptFailure) -> Next {
+    let mut actions = vec![
+        Action::AttemptFailed {
+            target: target.to_owned(),
+            why,
+        },
+        Action::Cleanup,
+    ];
+    if failures + 1 >= MAX_STAGE_ATTEMPTS {
+        actions.push(Action::DenyRelease {
+            target: target.to_owned(),
+        });
+    }
+    actions.push(Action::ReleaseLockIfHeld);
+    (steady(booted), actions)
+}
+
+fn stage_failed(target: &str, attempt: u32, now: SystemTime) -> Next {
+    if attempt >= MAX_STAGE_ATTEMPTS {
+        return (
+            State::Idle,
+            vec![Action::DenyRelease {
+                target: target.to_owned(),
+            }],
+        );
+    }
+    (
+        State::Staging {
+            target: target.to_owned(),
+            attempt: attempt + 1,
+        },
+        vec![Action::ScheduleRetry {
+            at: now + stage_backoff(attempt),
+        }],
+    )
+}
+
+/// Transitions of the states that wait for a hint: `Idle`, `DeadEnd` and
+/// `UpdateAvailable`. `None` when illegal.
+fn waiting(state: &State, event: &Event, now: SystemTime) -> Option<Next> {
+    use Event as E;
+    use State as S;
+    let available = matches!(state, S::UpdateAvailable { .. });
+    // Leaving `UpdateAvailable` drops its backoff.
+    let leave = |mut n: Next| {
+        if available {
+            n.1.insert(0, Action::CancelRetry);
+        }
+        n
+    };
+    Some(match (state, event) {
+        (_, E::NoUpdate) => leave((S::Idle, vec![Action::ClearDeadEndNotice])),
+        (
+            _,
+            E::UpdateFound {
+                target,
+                failures,
+                paused,
+            },
+        ) => {
+            let (s, mut a) = found(target, *failures, *paused, now);
+            a.insert(0, Action::ClearDeadEndNotice);
+            leave((s, a))
+        }
+        (_, E::DeadEndFound { reason }) => leave((
+            S::DeadEnd {
+                reason: reason.clone(),
+            },
+            vec![Action::WriteDeadEndNotice {
+                reason: reason.clone(),
+            }],
+        )),
+        (S::UpdateAvailable { target, attempt }, E::RetryDue) => staging(target, *attempt),
+        (S::UpdateAvailable { target, attempt }, E::Paused) => (
+            S::UpdateAvailable {
+                target: target.clone(),
+                attempt: *attempt,
+            },
+            vec![Action::CancelRetry],
+        ),
+        (S::UpdateAvailable { target, attempt }, E::Resumed) => {
+            found(target, attempt.saturating_sub(1), false, now)
+        }
+        _ => return None,
+    })
+}
+
+/// A target was chosen: stage at once, or wait in `UpdateAvailable` while
+/// paused (until resumed) or for the backoff after earlier failures.
+fn found(target: &str, failures: u32, paused: bool, now: SystemTime) -> Next {
+    let available = State::UpdateAvailable {
+        target: target.to_owned(),
+        attempt: failures + 1,
+    };
+    if paused {
+        (available, vec![])
+    } else if failures > 0 {
+        (
+            available,
+            vec![Action::ScheduleRetry {
+                at: now + stage_backoff(failures),
+            }],
+        )
+    } else {
+        staging(target, 1)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn states() -> Vec<State> {
-        let t = || "2".to_string();
-        vec![
-            State::Start,
-            State::ReportingSteady { booted: "1".into() },
-            State::Idle,
-            State::DeadEnd { reason: "r".into() },
-            State::UpdateAvailable { target: t() },
-            State::Staging {
-                target: t(),
-                attempt: 1,
-            },
-            State::Staged { target: t() },
-            State::WaitingForGates { target: t() },
-            State::Finalizing { target: t() },
-            State::Rebooting { target: t() },
-        ]
-    }
-
-    fn events() -> Vec<Event> {
-        vec![
-            Event::Started {
-                booted: "1".into(),
-                pending_target: None,
-            },
-            Event::SteadyReported,
-            Event::NoUpdate,
-            Event::UpdateFound { target: "2".into() },
-            Event::DeadEndFound { reason: "r".into() },
-            Event::StageSucceeded,
-            Event::StageFailed,
-            Event::RetryDue,
-            Event::GatesPassed,
-            Event::GatesRefused,
-            Event::GateCheckFailed,
-            Event::Finalized,
-            Event::FinalizeFailed,
-            Event::SteadyFailed,
-        ]
-    }
-
-    /// Legal (state index, event index) pairs; everything else must be an error.
-    const LEGAL: &[(usize, usize)] = &[
-        (0, 0),
-        (1, 1),
-        (1, 7),
-        (1, 13),
-        (2, 2),
-        (2, 3),
-        (2, 4),
-        (3, 2),
-        (3, 3),
-        (3, 4),
-        (4, 7),
-        (5, 5),
-        (5, 6),
-        (5, 7),
-        (6, 8),
-        (6, 9),
-        (6, 10),
-        (7, 7),
-        (7, 8),
-        (7, 9),
-        (7, 10),
-        (8, 11),
-        (8, 12),
-    ];
-
-    #[test]
-    fn every_state_event_pair() {
-        let now = SystemTime::UNIX_EPOCH;
-        for (si, s) in states().iter().enumerate() {
-            for (ei, e) in events().iter().enumerate() {
-                let r = transition(s, e, now);
-                assert_eq!(
-                    r.is_ok(),
-                    LEGAL.contains(&(si, ei)),
-                    "{s:?} x {e:?} -> {r:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn staging_retries_then_deny() {
-        let now = SystemTime::UNIX_EPOCH;
-        let mut s = State::Staging {
-            target: "2".into(),
-            attempt: 1,
-        };
-        for _ in 1..MAX_STAGE_ATTEMPTS {
-            let (n, a) = transition(&s, &Event::StageFailed, now).unwrap();
-            assert!(matches!(a[..], [Action::ScheduleRetry { .. }]));
-            s = n;
-        }
-        let (n, a) = transition(&s, &Event::StageFailed, now).unwrap();
-        assert_eq!(n, State::Idle);
-        assert_eq!(a, vec![Action::DenyRelease { target: "2".into() }]);
-    }
-
-    #[test]
-    fn steady_release_retried_until_it_succeeds() {
-        let now = SystemTime::UNIX_EPOCH;
-        let s = State::ReportingSteady { booted: "2".into() };
-        let (n, a) = transition(&s, &Event::SteadyFailed, now).unwrap();
-        assert_eq!(n, s);
-        assert_eq!(
-            a,
-            vec![Action::ScheduleRetry {
-                at: now + STEADY_RETRY
-            }]
-        );
-        let (n, a) = transition(&n, &Event::RetryDue, now).unwrap();
-        assert_eq!(n, s);
-        assert_eq!(a, vec![Action::ReleaseLockIfHeld]);
-        let (n, _) = transition(&n, &Event::SteadyReported, now).unwrap();
-        assert_eq!(n, State::Idle);
-    }
-
-    #[test]
-    fn finalize_failure_never_reboots() {
-        let (n, a) = transition(
-            &State::Finalizing { target: "2".into() },
-            &Event::FinalizeFailed,
-            SystemTime::UNIX_EPOCH,
-        )
-        .unwrap();
-        assert!(!a.contains(&Action::Reboot));
-        assert_eq!(n, State::WaitingForGates { target: "2".into() });
-    }
-
-    #[test]
-    fn restart_resumes() {
-        let now = SystemTime::UNIX_EPOCH;
-        let booted_target = Event::Started {
-            booted: "2".into(),
-            pending_target: Some("2".into()),
-        };
-        let (n, a) = transition(&State::Start, &booted_target, now).unwrap();
-        assert_eq!(n, State::ReportingSteady { booted: "2".into() });
-        assert_eq!(a, vec![Action::ReleaseLockIfHeld]);
-        let staged = Event::Started {
-            booted: "1".into(),
-            pending_target: Some("2".into()),
-        };
-        let (n, _) = transition(&State::Start, &staged, now).unwrap();
-        assert_eq!(n, State::Staged { target: "2".into() });
-    }
-}
+mod tests;

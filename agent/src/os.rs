@@ -189,6 +189,9 @@ pub struct Simulated {
     pub file: PathBuf,
     /// Versions whose staging fails.
     pub fail_versions: Vec<String>,
+    /// Versions that fail to boot: a reboot into one comes back up on the
+    /// old release with nothing staged (a rollback).
+    pub fail_boot_versions: Vec<String>,
     /// Booted release used when the file does not exist yet.
     pub initial: Release,
 }
@@ -255,6 +258,7 @@ impl OsBackend for Simulated {
         let mut s = self.read().await?;
         if s.finalized
             && let Some(new) = s.staged.take()
+            && !self.fail_boot_versions.contains(&new.version)
         {
             s.booted = new;
         }
@@ -305,6 +309,7 @@ mod tests {
         let os = Simulated {
             file: t.path().join("sim.json"),
             fail_versions: vec!["3".into()],
+            fail_boot_versions: vec![],
             initial: rel("1"),
         };
         assert_eq!(os.booted().await.unwrap(), rel("1"));
@@ -327,11 +332,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn simulated_boot_failure_rolls_back() {
+        let t = tempfile::tempdir().unwrap();
+        let os = Simulated {
+            file: t.path().join("sim.json"),
+            fail_versions: vec![],
+            fail_boot_versions: vec!["2".into()],
+            initial: rel("1"),
+        };
+        os.stage(&rel("2")).await.unwrap();
+        os.finalize().await.unwrap();
+        os.reboot().await.unwrap();
+        // Back on the old release, the failed deployment gone.
+        assert_eq!(os.booted().await.unwrap(), rel("1"));
+        assert_eq!(os.staged().await.unwrap(), None);
+        assert!(matches!(os.finalize().await, Err(OsError::NothingStaged)));
+        os.stage(&rel("3")).await.unwrap();
+        os.finalize().await.unwrap();
+        os.reboot().await.unwrap();
+        assert_eq!(os.booted().await.unwrap(), rel("3"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn simulated_messages_reach_each_session() {
         let t = tempfile::tempdir().unwrap();
         let os = Simulated {
             file: t.path().join("sim.json"),
             fail_versions: vec![],
+            fail_boot_versions: vec![],
             initial: rel("1"),
         };
         std::fs::write(

@@ -66,6 +66,8 @@ pub struct Settings {
     pub os_backend: OsBackend,
     pub simulated_state_file: PathBuf,
     pub fail_versions: Vec<String>,
+    /// Simulated backend: versions whose boot fails (the reboot rolls back).
+    pub fail_boot_versions: Vec<String>,
     /// Poll interval in whole seconds, never zero.
     pub poll_secs: NonZeroU64,
 }
@@ -177,6 +179,21 @@ impl V<'_> {
         }
         Some(url)
     }
+    fn strings(&mut self, key: &str) -> Vec<String> {
+        let Some(s) = self.m.values.get(key) else {
+            return Vec::new();
+        };
+        match s.value.as_array() {
+            Some(a) if a.iter().all(|x| x.is_str()) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => {
+                self.err(key, "expected an array of strings");
+                Vec::new()
+            }
+        }
+    }
     fn choice<T: Copy>(&mut self, key: &str, opts: &[(&str, T)], default: T) -> T {
         match self.str(key) {
             None => default,
@@ -223,19 +240,8 @@ impl Settings {
                 false
             }),
         };
-        let fail_versions = match m.values.get("os.fail_versions") {
-            None => Vec::new(),
-            Some(s) => match s.value.as_array() {
-                Some(a) if a.iter().all(|x| x.is_str()) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect(),
-                _ => {
-                    v.err("os.fail_versions", "expected an array of strings");
-                    Vec::new()
-                }
-            },
-        };
+        let fail_versions = v.strings("os.fail_versions");
+        let fail_boot_versions = v.strings("os.fail_boot_versions");
         let poll_interval = v.dur("updates.poll_interval", Duration::from_secs(300));
         let poll_secs = NonZeroU64::new(poll_interval.as_secs()).unwrap_or_else(|| {
             v.err("updates.poll_interval", "must be at least 1s");
@@ -316,6 +322,7 @@ impl Settings {
             state_dir,
             simulated_state_file,
             fail_versions,
+            fail_boot_versions,
             poll_secs,
         };
         if explicit_backend {
@@ -452,13 +459,14 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
             d.join("50.toml"),
-            "[os]\nbackend = \"simulated\"\nfail_versions = [\"2\"]\n[lock]\nkind = \"fleetlock\"\nurl = \"http://x\"\nttl = \"5m\"\n\
+            "[os]\nbackend = \"simulated\"\nfail_versions = [\"2\"]\nfail_boot_versions = [\"3\"]\n[lock]\nkind = \"fleetlock\"\nurl = \"http://x\"\nttl = \"5m\"\n\
              [telemetry]\notlp_endpoint = \"http://collector:4317\"\n",
         )
         .unwrap();
         let s = Settings::validate(&load(t.path()).unwrap(), t.path()).unwrap();
         assert_eq!(s.os_backend, OsBackend::Simulated);
         assert_eq!(s.fail_versions, vec!["2".to_string()]);
+        assert_eq!(s.fail_boot_versions, vec!["3".to_string()]);
         assert_eq!(s.lock_ttl, Duration::from_secs(300));
         assert_eq!(s.otlp_endpoint.as_deref(), Some("http://collector:4317"));
     }

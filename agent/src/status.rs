@@ -21,8 +21,11 @@ pub enum ErrorKind {
     ReleaseDenied,
     /// A gate could not be checked (lock service, sessions).
     GateCheckFailed,
-    /// Finalization failed.
+    /// Finalization failed (also: nothing was left staged to finalize).
     FinalizeFailed,
+    /// After a restart the target was neither booted nor staged: the host
+    /// booted it and rolled back, or the staged deployment was removed.
+    RolledBack,
     /// Releasing the lock at steady state failed.
     SteadyStateFailed,
     /// The OS backend failed.
@@ -31,12 +34,13 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for metric exposition.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::HintsUnavailable,
         ErrorKind::StagingFailed,
         ErrorKind::ReleaseDenied,
         ErrorKind::GateCheckFailed,
         ErrorKind::FinalizeFailed,
+        ErrorKind::RolledBack,
         ErrorKind::SteadyStateFailed,
         ErrorKind::Os,
     ];
@@ -49,6 +53,7 @@ impl ErrorKind {
             ErrorKind::ReleaseDenied => "release-denied",
             ErrorKind::GateCheckFailed => "gate-check-failed",
             ErrorKind::FinalizeFailed => "finalize-failed",
+            ErrorKind::RolledBack => "rolled-back",
             ErrorKind::SteadyStateFailed => "steady-state-failed",
             ErrorKind::Os => "os",
         }

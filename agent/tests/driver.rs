@@ -7,31 +7,50 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 use upshift_agent::config::MergedInputs;
-use upshift_agent::driver::{Exit, Ident, run};
+use upshift_agent::driver::{Exit, Ident, Runtime, run, run_with};
 use upshift_agent::os::{OsBackend, Release, Simulated};
 use upshift_agent::settings::{LockKind, Settings};
+use upshift_agent::status::ErrorKind;
+use upshift_common::clock::SystemClock;
 
 const GRAPH: &str = r#"{"nodes":[
  {"version":"1","payload":"p1","metadata":{"org.fedoraproject.coreos.releases.age_index":"0"}},
  {"version":"2","payload":"p2","metadata":{"org.fedoraproject.coreos.releases.age_index":"1"}}],
  "edges":[[0,1]]}"#;
 
-#[tokio::test(flavor = "current_thread")]
-async fn cincinnati_and_fleetlock_update_completes() {
-    let pre = Arc::new(AtomicUsize::new(0));
-    let steady = Arc::new(AtomicUsize::new(0));
-    let (p2, s2) = (pre.clone(), steady.clone());
+/// Calls the fakes answered.
+#[derive(Debug, Default)]
+struct Calls {
+    graph: AtomicUsize,
+    pre_reboot: AtomicUsize,
+    steady: AtomicUsize,
+}
+
+/// A Cincinnati-only and FleetLock-only HTTP server on one port; the first
+/// `pre-reboot` is refused as if another node held the slot.
+async fn fakes() -> (String, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let (c1, c2, c3) = (calls.clone(), calls.clone(), calls.clone());
     let app = Router::new()
-        .route("/v1/graph", get(|| async { GRAPH }))
+        .route(
+            "/v1/graph",
+            get(move || {
+                let c = c1.clone();
+                async move {
+                    c.graph.fetch_add(1, Ordering::SeqCst);
+                    GRAPH
+                }
+            }),
+        )
         .route(
             "/v1/pre-reboot",
             post(move |h: axum::http::HeaderMap| {
-                let p2 = p2.clone();
+                let c = c2.clone();
                 async move {
                     assert_eq!(h.get("fleet-lock-protocol").unwrap(), "true");
-                    // Refuse the first attempt: the lock is held by another node.
-                    if p2.fetch_add(1, Ordering::SeqCst) == 0 {
+                    if c.pre_reboot.fetch_add(1, Ordering::SeqCst) == 0 {
                         StatusCode::CONFLICT
                     } else {
                         StatusCode::OK
@@ -42,9 +61,9 @@ async fn cincinnati_and_fleetlock_update_completes() {
         .route(
             "/v1/steady-state",
             post(move || {
-                let s2 = s2.clone();
+                let c = c3.clone();
                 async move {
-                    s2.fetch_add(1, Ordering::SeqCst);
+                    c.steady.fetch_add(1, Ordering::SeqCst);
                     StatusCode::OK
                 }
             }),
@@ -52,44 +71,102 @@ async fn cincinnati_and_fleetlock_update_completes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, calls)
+}
 
-    let t = tempfile::tempdir().unwrap();
-    let mut s = Settings::validate(&MergedInputs::default(), t.path()).unwrap();
-    s.cincinnati_url = Some(base.clone());
+fn setup(root: &std::path::Path, base: &str) -> (Settings, Ident, Simulated) {
+    let mut s = Settings::validate(&MergedInputs::default(), root).unwrap();
+    s.cincinnati_url = Some(base.into());
     s.lock_kind = LockKind::Fleetlock;
-    s.lock_url = Some(base);
+    s.lock_url = Some(base.into());
     s.poll_interval = Duration::from_millis(50);
     let ident = Ident {
         node_uuid: "u1".into(),
         platform: "qemu".into(),
-        motd_path: Some(t.path().join("run/motd.d/85-upshift-deadend.motd")),
+        motd_path: Some(root.join("run/motd.d/85-upshift-deadend.motd")),
     };
     let os = Simulated {
         file: s.simulated_state_file.clone(),
         fail_versions: vec![],
+        fail_boot_versions: vec![],
         initial: Release {
             version: "1".into(),
             payload: "p1".into(),
         },
     };
-    let exit = run(&s, &ident, &os, &upshift_common::clock::SystemClock)
-        .await
-        .unwrap();
+    (s, ident, os)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cincinnati_and_fleetlock_update_completes() {
+    let (base, calls) = fakes().await;
+    let t = tempfile::tempdir().unwrap();
+    let (s, ident, os) = setup(t.path(), &base);
+    let exit = run(&s, &ident, &os, &SystemClock).await.unwrap();
     assert_eq!(exit, Exit::Rebooted);
     assert_eq!(os.booted().await.unwrap().version, "2");
-    assert_eq!(pre.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.pre_reboot.load(Ordering::SeqCst), 2);
     let p = upshift_agent::persist::load(&s.state_dir).unwrap();
     assert!(p.lock_held);
     assert_eq!(p.pending_target.as_deref(), Some("2"));
 
     // Restart after the reboot: steady state releases the lock once.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        run(&s, &ident, &os, &upshift_common::clock::SystemClock),
-    )
-    .await;
-    assert_eq!(steady.load(Ordering::SeqCst), 1);
+    let _ = tokio::time::timeout(Duration::from_secs(1), run(&s, &ident, &os, &SystemClock)).await;
+    assert_eq!(calls.steady.load(Ordering::SeqCst), 1);
     let p = upshift_agent::persist::load(&s.state_dir).unwrap();
     assert!(!p.lock_held);
     assert_eq!(p.pending_target, None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn restart_after_a_rollback_releases_the_lock_once() {
+    let (base, calls) = fakes().await;
+    let t = tempfile::tempdir().unwrap();
+    let (s, ident, mut os) = setup(t.path(), &base);
+    // The host fails to boot 2 and comes back on 1.
+    os.fail_boot_versions = vec!["2".into()];
+    assert_eq!(
+        run(&s, &ident, &os, &SystemClock).await.unwrap(),
+        Exit::Rebooted
+    );
+    assert_eq!(os.booted().await.unwrap().version, "1");
+    assert_eq!(os.staged().await.unwrap(), None);
+    let pre = calls.pre_reboot.load(Ordering::SeqCst);
+
+    let cancel = CancellationToken::new();
+    let (mut rt, _control) = Runtime::new(SystemClock::shared(), cancel.clone());
+    let mut status = rt.status.subscribe();
+    let (s2, i2, os2) = (s.clone(), ident.clone(), os.clone());
+    let task = tokio::spawn(async move { run_with(&s2, &i2, &os2, &mut rt).await.unwrap() });
+    let st = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.state == "update-available"),
+    )
+    .await
+    .expect("update-available after the rollback")
+    .unwrap()
+    .clone();
+    let e = st.last_error.expect("an error is reported");
+    assert_eq!(e.kind, ErrorKind::RolledBack);
+    assert!(e.message.contains('2'), "{}", e.message);
+    assert!(!st.lock_held);
+    // Polls keep coming (50 ms); the retry waits out its 30 s backoff.
+    let polls = calls.graph.load(Ordering::SeqCst);
+    while calls.graph.load(Ordering::SeqCst) < polls + 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.steady.load(Ordering::SeqCst), 1, "released once");
+    assert_eq!(
+        calls.pre_reboot.load(Ordering::SeqCst),
+        pre,
+        "no gate round"
+    );
+    assert_eq!(os.staged().await.unwrap(), None, "no second deploy");
+    assert_eq!(status.borrow().state, "update-available");
+    cancel.cancel();
+    assert_eq!(task.await.unwrap(), Exit::Cancelled);
+    let p = upshift_agent::persist::load(&s.state_dir).unwrap();
+    assert!(!p.lock_held);
+    assert_eq!(p.pending_target, None);
+    assert_eq!(p.failure_counts.get("2"), Some(&1));
 }

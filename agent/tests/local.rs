@@ -181,12 +181,19 @@ async fn sockets_pause_window_and_finalize_now() {
     assert_eq!(mode & 0o777, 0o600);
     until(&mut agent, "idle", |s| s.state == "idle" && s.checks >= 1).await;
 
-    // Paused: a pushed update is seen but not started.
+    // Paused: a pushed update is known (update-available) but not staged.
     assert!(ask(&run_dir, "pause").await.ok);
     pol.publish(key(), 2, graph(&["1", "2"], &[(0, 1)]));
-    let st = until(&mut agent, "hint seen", |s| s.checks >= 2).await;
-    assert_eq!(st.state, "idle");
+    let st = until(&mut agent, "hint seen", |s| {
+        s.checks >= 2 && s.state != "idle"
+    })
+    .await;
+    assert_eq!(st.state, "update-available");
+    assert_eq!(st.target.as_deref(), Some("2"));
     assert!(st.paused);
+    // The simulated host's file is written by the first deploy.
+    let sim = t.path().join("var/lib/upshift/simulated-os.json");
+    assert!(!sim.exists(), "nothing staged while paused");
     let a = ask(&run_dir, "status").await;
     assert!(a.ok);
     assert_eq!(a.status.as_ref().unwrap()["paused"], true);

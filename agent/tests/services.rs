@@ -1,347 +1,26 @@
 //! The agent against the real policy and lock services, in process on
-//! loopback ports: pushed hints, the gRPC reboot lock, restarts in every
-//! state, and the deny list.
+//! loopback ports: pushed hints, the gRPC reboot lock, the deny list, TLS.
+//! Restarts in every state are in `restart.rs`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+#[path = "support/mesh.rs"]
+mod mesh;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use mesh::*;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use upshift_agent::config::MergedInputs;
 use upshift_agent::driver::{Exit, Ident, Runtime, run_with};
-use upshift_agent::os::{OsBackend, OsError, Release, Simulated};
-use upshift_agent::settings::{HintBackend, LockKind, Settings};
-use upshift_agent::status::Status;
-use upshift_cincinnati::graph::{Graph, Node, PayloadScheme};
+use upshift_agent::os::OsBackend;
+use upshift_agent::settings::Settings;
+use upshift_cincinnati::graph::Graph;
 use upshift_common::auth::AdminAuth;
-use upshift_common::clock::{ScaledClock, SharedClock, SystemClock};
-use upshift_common::config::{ServerSettings, parse_toml};
+use upshift_common::clock::SystemClock;
 use upshift_common::telemetry::Metrics;
-use upshift_policy::state::ScopeKey;
-use upshift_policy::{PolicyConfig, PolicyService};
-use upshift_proto::lock::v1 as lpb;
-use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn node(v: &str, age: u64) -> Node {
-    let mut metadata = BTreeMap::new();
-    metadata.insert(
-        "org.fedoraproject.coreos.releases.age_index".to_string(),
-        age.to_string(),
-    );
-    Node {
-        version: v.into(),
-        payload: format!("p{v}"),
-        metadata,
-    }
-}
-
-fn graph(versions: &[&str], edges: &[(u32, u32)]) -> Graph {
-    let nodes = versions
-        .iter()
-        .enumerate()
-        .map(|(i, v)| node(v, i as u64))
-        .collect();
-    Graph::new(nodes, edges.to_vec()).unwrap()
-}
-
-fn rel(v: &str) -> Release {
-    Release {
-        version: v.into(),
-        payload: format!("p{v}"),
-    }
-}
-
-fn key() -> ScopeKey {
-    ScopeKey {
-        stream: "stable".into(),
-        basearch: "x86_64".into(),
-        scheme: PayloadScheme::Checksum,
-    }
-}
-
-struct Policy {
-    url: String,
-    service: PolicyService,
-    stop: CancellationToken,
-}
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn policy(max_age: Duration) -> Policy {
-    let mut c = PolicyConfig {
-        keepalive_interval: Duration::from_millis(100).min(max_age),
-        max_stream_age: max_age,
-        ..PolicyConfig::default()
-    };
-    c.server.listen = "127.0.0.1:0".parse().unwrap();
-    let srv = upshift_policy::bind(
-        &c,
-        upshift_policy::store::MemoryStore::shared(),
-        SystemClock::shared(),
-        Metrics::new("policy-test"),
-        AdminAuth::new(None, Vec::new()),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", srv.bound.local_addr());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move { srv.bound.serve(async move { s.cancelled().await }).await });
-    Policy {
-        url,
-        service: srv.service,
-        stop,
-    }
-}
-
-struct Lock {
-    url: String,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl Lock {
-    async fn client(&self) -> LockServiceClient<tonic::transport::Channel> {
-        LockServiceClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn holders(&self) -> Vec<String> {
-        let g = self
-            .client()
-            .await
-            .get_group(lpb::GetGroupRequest {
-                group: "default".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .group
-            .unwrap();
-        g.holders.into_iter().map(|h| h.id).collect()
-    }
-
-    /// Takes the one slot for `id` (waits for the grant).
-    async fn take(&self, id: &str) {
-        let mut s = self
-            .client()
-            .await
-            .acquire(lpb::AcquireRequest {
-                id: id.into(),
-                group: "default".into(),
-                ttl: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(m) = s.message().await.unwrap() {
-            if matches!(m.event, Some(lpb::acquire_response::Event::Granted(_))) {
-                return;
-            }
-        }
-        panic!("no grant for {id}");
-    }
-
-    async fn release(&self, id: &str) {
-        self.client()
-            .await
-            .release(lpb::ReleaseRequest {
-                id: id.into(),
-                group: "default".into(),
-            })
-            .await
-            .unwrap();
-    }
-}
-
-async fn lock() -> Lock {
-    let dir = tempfile::tempdir().unwrap();
-    let store: upshift_store::SharedStore = Arc::new(
-        upshift_store::embedded::EmbeddedStore::open(&dir.path().join("lock.redb")).unwrap(),
-    );
-    let cfg: upshift_lock::LockConfig = parse_toml("[default]\nslots = 1\n").unwrap();
-    let server = ServerSettings {
-        listen: ([127, 0, 0, 1], 0).into(),
-        ..Default::default()
-    };
-    let srv = upshift_lock::bind(
-        &server,
-        cfg.validate().unwrap(),
-        store,
-        SystemClock::shared(),
-        Metrics::new("lock-test"),
-        AdminAuth::new(None, vec![]),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", srv.bound.local_addr());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move { srv.bound.serve(async move { s.cancelled().await }).await });
-    Lock {
-        url,
-        stop,
-        _dir: dir,
-    }
-}
-
-/// An OS operation a test can hold forever (to stop the agent inside a state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    Stage,
-    Finalize,
-    Reboot,
-}
-
-/// The simulated backend, counting completed deploys, with an optional hold.
-#[derive(Debug, Clone)]
-struct Counting {
-    inner: Simulated,
-    deploys: Arc<AtomicUsize>,
-    hold: Arc<Mutex<Option<Hold>>>,
-}
-
-impl Counting {
-    fn new(dir: &std::path::Path, fail: &[&str]) -> Self {
-        Self {
-            inner: Simulated {
-                file: dir.join("simulated-os.json"),
-                fail_versions: fail.iter().map(|s| s.to_string()).collect(),
-                initial: rel("1"),
-            },
-            deploys: Arc::default(),
-            hold: Arc::default(),
-        }
-    }
-
-    async fn gate(&self, op: Hold) {
-        let held = *self.hold.lock().unwrap() == Some(op);
-        if held {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-impl OsBackend for Counting {
-    async fn booted(&self) -> Result<Release, OsError> {
-        self.inner.booted().await
-    }
-    async fn staged(&self) -> Result<Option<Release>, OsError> {
-        self.inner.staged().await
-    }
-    async fn stage(&self, target: &Release) -> Result<(), OsError> {
-        self.gate(Hold::Stage).await;
-        self.inner.stage(target).await?;
-        self.deploys.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    async fn finalize(&self) -> Result<(), OsError> {
-        self.gate(Hold::Finalize).await;
-        self.inner.finalize().await
-    }
-    async fn cleanup(&self) -> Result<(), OsError> {
-        self.inner.cleanup().await
-    }
-    async fn reboot(&self) -> Result<(), OsError> {
-        self.gate(Hold::Reboot).await;
-        self.inner.reboot().await
-    }
-    async fn active_sessions(&self) -> Result<usize, OsError> {
-        self.inner.active_sessions().await
-    }
-}
-
-fn settings(dir: &std::path::Path, policy: &str, lock: Option<&str>) -> Settings {
-    let mut s = Settings::validate(&MergedInputs::default(), dir).unwrap();
-    s.basearch = "x86_64".into();
-    s.hint_backend = HintBackend::Stream;
-    s.policy_url = Some(policy.into());
-    // No Cincinnati URL and an hour between polls: only pushes can act.
-    s.cincinnati_url = None;
-    s.poll_interval = Duration::from_secs(3600);
-    match lock {
-        Some(u) => {
-            s.lock_kind = LockKind::Grpc;
-            s.lock_url = Some(u.into());
-            s.lock_ttl = Duration::from_secs(30);
-        }
-        None => s.lock_kind = LockKind::Immediate,
-    }
-    s
-}
-
-fn ident() -> Ident {
-    Ident {
-        node_uuid: "agent-1".into(),
-        platform: "qemu".into(),
-        motd_path: None,
-    }
-}
-
-/// One agent run in a task; `stop()` cancels it.
-struct Run {
-    status: watch::Receiver<Status>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Exit>,
-}
-
-fn start(s: &Settings, os: &Counting, clock: SharedClock) -> Run {
-    let cancel = CancellationToken::new();
-    let (mut rt, _control) = Runtime::new(clock, cancel.clone());
-    let status = rt.status.subscribe();
-    let (s, os) = (s.clone(), os.clone());
-    let task = tokio::spawn(async move {
-        let _keep = _control;
-        run_with(&s, &ident(), &os, &mut rt).await.unwrap()
-    });
-    Run {
-        status,
-        cancel,
-        task,
-    }
-}
-
-impl Run {
-    async fn until(&mut self, what: &str, f: impl Fn(&Status) -> bool) -> Status {
-        let r = tokio::time::timeout(WAIT, self.status.wait_for(|s| f(s)))
-            .await
-            .map(|r| r.map(|s| s.clone()));
-        match r {
-            Ok(Ok(s)) => s,
-            _ => panic!("{what}: not reached; status {:?}", *self.status.borrow()),
-        }
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        assert_eq!(self.task.await.unwrap(), Exit::Cancelled);
-    }
-
-    async fn finished(self) -> Exit {
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("run did not end")
-            .unwrap()
-    }
-}
-
-fn fast_clock() -> SharedClock {
-    let now = upshift_common::clock::Clock::now(&SystemClock);
-    ScaledClock::shared(now, 1000.0)
-}
+use upshift_policy::PolicyConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_hint_starts_staging_without_a_poll() {
@@ -398,73 +77,6 @@ async fn lock_held_elsewhere_keeps_the_agent_waiting() {
     run.stop().await;
 }
 
-/// Stops the agent in a state, restarts it, and checks it completes with
-/// one deploy and one lock slot.
-async fn restart_in(hold: Hold, state: &'static str) {
-    let p = policy(Duration::from_secs(1800)).await;
-    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
-    let l = lock().await;
-    let t = tempfile::tempdir().unwrap();
-    let s = settings(t.path(), &p.url, Some(&l.url));
-    let os = Counting::new(t.path(), &[]);
-    *os.hold.lock().unwrap() = Some(hold);
-    let mut run = start(&s, &os, SystemClock::shared());
-    run.until(state, |s| s.state == state).await;
-    run.stop().await;
-    *os.hold.lock().unwrap() = None;
-    let run = start(&s, &os, SystemClock::shared());
-    assert_eq!(run.finished().await, Exit::Rebooted, "{state}");
-    assert_eq!(os.deploys.load(Ordering::SeqCst), 1, "{state}");
-    assert_eq!(l.holders().await, vec!["agent-1".to_string()], "{state}");
-    let mut run = start(&s, &os, SystemClock::shared());
-    run.until("idle", |s| s.state == "idle").await;
-    run.stop().await;
-    assert!(l.holders().await.is_empty(), "{state}");
-    assert_eq!(os.booted().await.unwrap(), rel("2"));
-    assert_eq!(os.deploys.load(Ordering::SeqCst), 1, "{state}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_while_staging() {
-    restart_in(Hold::Stage, "staging").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_while_finalizing_keeps_the_one_slot() {
-    restart_in(Hold::Finalize, "finalizing").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_while_rebooting() {
-    restart_in(Hold::Reboot, "rebooting").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_while_waiting_for_the_lock() {
-    let p = policy(Duration::from_secs(1800)).await;
-    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
-    let l = lock().await;
-    l.take("other-node").await;
-    let t = tempfile::tempdir().unwrap();
-    let s = settings(t.path(), &p.url, Some(&l.url));
-    let os = Counting::new(t.path(), &[]);
-    let mut run = start(&s, &os, SystemClock::shared());
-    run.until("queued", |s| s.lock_queue_position == Some(1))
-        .await;
-    run.stop().await;
-    // The cancelled Acquire left the queue; the restarted agent queues again
-    // without deploying again.
-    let mut run = start(&s, &os, SystemClock::shared());
-    let st = run
-        .until("queued again", |s| s.lock_queue_position == Some(1))
-        .await;
-    assert_eq!(st.target.as_deref(), Some("2"));
-    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
-    l.release("other-node").await;
-    assert_eq!(run.finished().await, Exit::Rebooted);
-    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_staging_reaches_the_deny_list_then_the_next_target() {
     let p = policy(Duration::from_secs(1800)).await;
@@ -479,10 +91,8 @@ async fn failed_staging_reaches_the_deny_list_then_the_next_target() {
     assert_eq!(run.finished().await, Exit::Rebooted);
     let persisted = upshift_agent::persist::load(&s.state_dir).unwrap();
     assert!(persisted.deny_list.contains("2"));
-    assert_eq!(
-        persisted.failure_counts.get("2"),
-        Some(&upshift_agent::machine::MAX_STAGE_ATTEMPTS)
-    );
+    // Choosing 1.5 started a new budget.
+    assert_eq!(persisted.failure_counts.get("2"), None);
     assert_eq!(os.booted().await.unwrap(), rel("1.5"));
 }
 
@@ -558,49 +168,6 @@ async fn unreachable_lock_service_means_no_reboot() {
             .unwrap()
             .lock_held
     );
-}
-
-fn closed_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steady_state_keeps_the_lock_until_it_can_release_it() {
-    let p = policy(Duration::from_secs(1800)).await;
-    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
-    let l = lock().await;
-    let t = tempfile::tempdir().unwrap();
-    let s = settings(t.path(), &p.url, Some(&l.url));
-    let os = Counting::new(t.path(), &[]);
-    assert_eq!(
-        start(&s, &os, SystemClock::shared()).finished().await,
-        Exit::Rebooted
-    );
-    assert_eq!(l.holders().await, vec!["agent-1".to_string()]);
-    // Booted into 2, but the lock service cannot be reached: the agent keeps
-    // reporting steady state and remembers the slot.
-    let mut down = s.clone();
-    down.lock_url = Some(closed_url());
-    let mut run = start(&down, &os, SystemClock::shared());
-    run.until("steady state failing", |s| {
-        s.state == "reporting-steady"
-            && s.last_error
-                .as_ref()
-                .is_some_and(|e| e.kind == upshift_agent::status::ErrorKind::SteadyStateFailed)
-    })
-    .await;
-    run.stop().await;
-    assert!(
-        upshift_agent::persist::load(&s.state_dir)
-            .unwrap()
-            .lock_held
-    );
-    let mut run = start(&s, &os, SystemClock::shared());
-    run.until("idle", |s| s.state == "idle").await;
-    run.stop().await;
-    assert!(l.holders().await.is_empty());
-    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,20 +250,6 @@ async fn cincinnati_polling_fills_in_while_the_stream_is_down() {
     assert_eq!(f.connects, 0);
     assert!(f.errors >= upshift_agent::hints::FALLBACK_AFTER as u64);
     cancel.cancel();
-}
-
-/// A clock the test moves by hand.
-#[derive(Debug)]
-struct ManualClock(Mutex<std::time::SystemTime>);
-
-impl upshift_common::clock::Clock for ManualClock {
-    fn now(&self) -> std::time::SystemTime {
-        *self.0.lock().unwrap()
-    }
-    fn deadline_for(&self, at: std::time::SystemTime) -> tokio::time::Instant {
-        let wait = at.duration_since(self.now()).unwrap_or_default();
-        tokio::time::Instant::now() + wait
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

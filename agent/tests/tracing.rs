@@ -323,6 +323,7 @@ async fn update(
     let os = Simulated {
         file: s.state_dir.join("simulated-os.json"),
         fail_versions: vec![],
+        fail_boot_versions: vec![],
         initial: Release {
             version: "1".into(),
             payload: "p1".into(),

@@ -131,6 +131,7 @@ fn run_backend(
             let sim = os::Simulated {
                 file: s.simulated_state_file.clone(),
                 fail_versions: s.fail_versions.clone(),
+                fail_boot_versions: s.fail_boot_versions.clone(),
                 initial: os::Release {
                     version: "0".into(),
                     payload: "0".into(),

@@ -137,7 +137,10 @@ impl<O: OsBackend> Driver<'_, O> {
                 otel.status_code = tracing::field::Empty,
             ),
             Action::Reboot => tracing::info_span!(parent: None, "reboot"),
+            Action::Cleanup => tracing::info_span!(parent: None, "cleanup"),
             Action::ScheduleRetry { .. }
+            | Action::CancelRetry
+            | Action::AttemptFailed { .. }
             | Action::DenyRelease { .. }
             | Action::WriteDeadEndNotice { .. }
             | Action::ClearDeadEndNotice => return Span::none(),

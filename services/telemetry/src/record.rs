@@ -32,17 +32,24 @@ pub const HALTS_PREFIX: &str = "telemetry/halts/";
 pub const MAX_ATTEMPTS_PER_HOST: usize = 4;
 
 /// Error kinds (the agent's closed set) that fail an attempt and so count
-/// towards a release's halt: deploying it failed, finalizing it failed, or
-/// the agent gave up on it (deny list after repeated staging failures).
+/// towards a release's halt: deploying it failed, finalizing it failed, the
+/// host booted it and came back on the old release (or its staged
+/// deployment vanished), or the agent gave up on it (deny list after
+/// repeated failed attempts).
 ///
 /// Not counted: `hints-unavailable` (policy or Cincinnati server down),
 /// `gate-check-failed` (lock service or session check unreachable),
 /// `steady-state-failed` (releasing the lock after boot), `os` (the OS
-/// backend itself unreachable) and any kind this list does not name. A host
-/// that boots back into the old release reports no error; its attempt stays
-/// open and counts through the rule's `steady_within`.
-pub const RELEASE_FAILURE_KINDS: [&str; 3] =
-    ["staging-failed", "finalize-failed", "release-denied"];
+/// backend itself unreachable) and any kind this list does not name. A
+/// host that rolls back reports `rolled-back` after it restarts on the old
+/// release; until then its attempt stays open and counts through the
+/// rule's `steady_within`.
+pub const RELEASE_FAILURE_KINDS: [&str; 4] = [
+    "staging-failed",
+    "finalize-failed",
+    "rolled-back",
+    "release-denied",
+];
 
 /// Whether an error of `kind` says the release failed on the host.
 pub fn is_release_failure(kind: &str) -> bool {

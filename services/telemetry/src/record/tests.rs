@@ -177,6 +177,22 @@ fn error_without_prior_attempt_opens_and_fails() {
 }
 
 #[test]
+fn rollback_after_the_reboot_fails_the_attempt() {
+    // The agent reports rolled-back on the old release once it restarted
+    // there; the report names no target, the previous one did.
+    let (rec, ev) = run(&[
+        (0, status("1", "2", AgentState::Staging, "")),
+        (10, status("1", "2", AgentState::Rebooting, "")),
+        (90, status("1", "", AgentState::Idle, "rolled-back")),
+    ]);
+    assert_eq!(names(&ev), ["started", "error", "failed"]);
+    assert!(matches!(&ev[2], AttemptEvent::Failed { version, kind, .. }
+        if version == "2" && kind == "rolled-back"));
+    assert_eq!(rec.attempts[0].failed.as_deref(), Some("rolled-back"));
+    assert!(is_release_failure("rolled-back"));
+}
+
+#[test]
 fn outages_while_staged_leave_the_attempt_open() {
     let (rec, ev) = run(&[
         (0, status("1", "2", AgentState::Staging, "")),
