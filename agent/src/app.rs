@@ -9,6 +9,7 @@ use upshift_common::clock::SystemClock;
 
 use crate::config::ConfigError;
 use crate::driver::{DriverError, Exit, Ident, Runtime, run_with};
+use crate::notify::Notifier;
 use crate::os::OsBackend;
 use crate::settings::Settings;
 use crate::{config, identity, local};
@@ -43,19 +44,24 @@ pub fn load_ident(root: &Path, s: &Settings) -> Result<Ident, String> {
     })
 }
 
-/// Runs the agent on the real clock until a reboot: metrics and control
-/// sockets under `settings.run_dir`, telemetry reports when configured.
+/// Runs the agent on the real clock until a reboot or `cancel`: metrics
+/// and control sockets under `settings.run_dir`, telemetry reports when
+/// configured, and `STATUS=` lines to `notify` as the state changes.
 pub async fn run_agent<O: OsBackend>(
     settings: &Settings,
     ident: &Ident,
     os: &O,
+    cancel: CancellationToken,
+    notify: Option<Notifier>,
 ) -> Result<Exit, DriverError> {
-    let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     let (mut rt, control) = Runtime::new(SystemClock::shared(), cancel.clone());
     let status = rt.status.subscribe();
     if let Err(e) = local::serve(&settings.run_dir, status.clone(), control, cancel.clone()) {
         tracing::warn!(error = %e, dir = %settings.run_dir.display(), "local sockets unavailable");
+    }
+    if let Some(n) = notify {
+        n.follow(status.clone(), cancel.clone());
     }
     crate::telemetry::spawn(
         settings,

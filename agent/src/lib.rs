@@ -4,7 +4,7 @@
 //! pure state machine ([`machine`]) and its driver ([`driver`]) with hints
 //! ([`hints`]), the reboot lock ([`lock`]), OS backends ([`os`]), persisted
 //! state ([`persist`]), status, metrics and control sockets ([`status`],
-//! [`local`]), telemetry reports ([`telemetry`]), tracing and OTLP export
+//! [`local`]), sd_notify ([`notify`]), telemetry reports ([`telemetry`]), tracing and OTLP export
 //! ([`trace`]) and an in-process entry point for simulated fleets
 //! ([`embed`]).
 
@@ -19,6 +19,7 @@ pub mod local;
 pub mod lock;
 pub mod machine;
 pub mod net;
+pub mod notify;
 pub mod os;
 pub mod persist;
 pub mod settings;

@@ -155,6 +155,39 @@ impl Status {
         }
     }
 
+    /// One line for people: the sd_notify `STATUS=` (`systemctl status`).
+    pub fn summary(&self) -> String {
+        let target = self.target.as_deref().unwrap_or("-");
+        let mut line = match self.state {
+            "reporting-steady" => format!("reporting steady state, booted {}", self.booted),
+            "idle" => format!("idle, booted {}", self.booted),
+            "dead-end" => format!("dead-end: {}", self.dead_end.as_deref().unwrap_or("")),
+            "update-available" if self.paused => format!("update to {target} available, paused"),
+            "update-available" => {
+                format!("update to {target} available, waiting to retry after a failed attempt")
+            }
+            "staging" => format!("staging {target}"),
+            "staged" => format!("staged {target}"),
+            "waiting-for-gates" => match self.lock_queue_position {
+                Some(n) if n > 0 => {
+                    format!(
+                        "waiting for a reboot slot (queue position {n}) to reboot into {target}"
+                    )
+                }
+                _ => format!("waiting to reboot into {target}: {}", self.waiting_for),
+            },
+            "finalizing" => format!("finalizing {target}"),
+            "rebooting" => format!("rebooting into {target}"),
+            _ => "starting".to_string(),
+        };
+        if let Some(e) = &self.last_error
+            && self.state == "reporting-steady"
+        {
+            let _ = write!(line, " (last error: {})", e.kind.as_str());
+        }
+        line
+    }
+
     /// Prometheus text exposition (format 0.0.4).
     pub fn render_metrics(&self) -> String {
         let mut o = String::new();
@@ -326,6 +359,43 @@ mod epoch_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_of_each_state() {
+        let mut s = Status::starting(SystemTime::UNIX_EPOCH);
+        s.booted = "1".into();
+        let mut seen = Vec::new();
+        for name in STATE_NAMES {
+            s.state = name;
+            s.target = Some("2".into());
+            s.dead_end = Some("see issue 42".into());
+            seen.push(s.summary());
+        }
+        assert_eq!(
+            seen,
+            [
+                "starting",
+                "reporting steady state, booted 1",
+                "idle, booted 1",
+                "dead-end: see issue 42",
+                "update to 2 available, waiting to retry after a failed attempt",
+                "staging 2",
+                "staged 2",
+                "waiting to reboot into 2: ",
+                "finalizing 2",
+                "rebooting into 2",
+            ]
+        );
+        s.state = "waiting-for-gates";
+        s.lock_queue_position = Some(3);
+        assert_eq!(
+            s.summary(),
+            "waiting for a reboot slot (queue position 3) to reboot into 2"
+        );
+        s.state = "update-available";
+        s.paused = true;
+        assert_eq!(s.summary(), "update to 2 available, paused");
+    }
 
     #[test]
     fn exposition_lines() {

@@ -1,7 +1,10 @@
 //! The `upshift-agent` binary under `--root`: `run` against the real policy
-//! service with its spans exported to an in-process OTLP receiver, and the
-//! control subcommands through its socket.
+//! service with its spans exported to an in-process OTLP receiver, the
+//! control subcommands through its socket, sd_notify to a fake
+//! `NOTIFY_SOCKET`, and `config show`.
 
+#[path = "support/mesh.rs"]
+mod mesh;
 #[path = "support/otlp.rs"]
 mod otlp;
 
@@ -186,4 +189,115 @@ async fn run_and_control_subcommands_under_a_root() {
         );
     }
     stop.cancel();
+}
+
+/// Datagrams received on a fake `$NOTIFY_SOCKET`, in order.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(path: &Path) -> NotifySocket {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives until a message has the line `want`; returns its index.
+    fn until(&mut self, want: &str) -> usize {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(i) = self.seen.iter().position(|m| m.lines().any(|l| l == want)) {
+                return i;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{want:?} not received; got {:?}",
+                self.seen
+            );
+            let mut buf = [0u8; 4096];
+            let got = tokio::task::block_in_place(|| self.sock.recv(&mut buf));
+            if let Ok(n) = got {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_follows_the_state_and_sigterm_stops_gracefully() {
+    let p = mesh::policy(Duration::from_secs(1800)).await;
+    p.service.publish(mesh::key(), 1, mesh::graph(&["1"], &[]));
+    let l = mesh::lock().await;
+    l.take("other-node").await;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let conf = root.join("etc/upshift/agent.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("50-test.toml"),
+        format!(
+            "[identity]\nnode_uuid = \"notify-node\"\nbasearch = \"x86_64\"\n\
+             [updates]\nbackend = \"stream\"\npolicy_url = \"{}\"\n\
+             [lock]\nkind = \"grpc\"\nurl = \"{}\"\n[os]\nbackend = \"simulated\"\n",
+            p.url, l.url
+        ),
+    )
+    .unwrap();
+    let state = root.join("var/lib/upshift");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("simulated-os.json"),
+        r#"{"booted":{"version":"1","payload":"p1"}}"#,
+    )
+    .unwrap();
+    let mut notify = NotifySocket::bind(&root.join("notify.sock"));
+    let mut child = Reaper(
+        Command::new(BIN)
+            .arg("--root")
+            .arg(root)
+            .arg("run")
+            .env("NOTIFY_SOCKET", root.join("notify.sock"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let ready = notify.until("READY=1");
+    let idle = notify.until("STATUS=idle, booted 1");
+    assert!(ready < idle, "READY before the state: {:?}", notify.seen);
+    // An update while another node holds the one slot.
+    p.service
+        .publish(mesh::key(), 2, mesh::graph(&["1", "2"], &[(0, 1)]));
+    notify.until("STATUS=waiting for a reboot slot (queue position 1) to reboot into 2");
+
+    // SIGTERM: STOPPING=1, exit 0, the staged target kept, nothing released
+    // that the next start needs, the queue left.
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let stopping = notify.until("STOPPING=1");
+    let code = tokio::task::block_in_place(|| child.0.wait().unwrap()).code();
+    assert_eq!(code, Some(0), "{:?}", notify.seen);
+    assert!(
+        !notify.seen[stopping + 1..]
+            .iter()
+            .any(|m| m.starts_with("STATUS=waiting")),
+        "no state after STOPPING: {:?}",
+        notify.seen
+    );
+    let saved = upshift_agent::persist::load(&state).unwrap();
+    assert_eq!(saved.pending_target.as_deref(), Some("2"));
+    assert!(!saved.lock_held);
+    assert_eq!(l.holders().await, vec!["other-node".to_string()]);
+    let sim = std::fs::read_to_string(state.join("simulated-os.json")).unwrap();
+    assert!(sim.contains("\"staged\": {"), "{sim}");
 }

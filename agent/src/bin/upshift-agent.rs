@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use tokio_util::sync::CancellationToken;
+use upshift_agent::notify::Notifier;
 use upshift_agent::{app, driver, os, settings, trace};
 
 const USAGE: &str = "usage: upshift-agent [--root DIR] (config show | run | status | check-now | pause | resume | finalize-now [--force])";
@@ -98,7 +100,7 @@ fn run(root: &Path) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let result = run_backend(&rt, &s, &ident);
+    let result = rt.block_on(serve(&s, &ident));
     // Spans still batched (the update's, before a reboot) go out now: the
     // flush blocks, so off the runtime's thread while the runtime runs.
     if guard.exporting() {
@@ -121,11 +123,17 @@ fn run(root: &Path) -> ExitCode {
     }
 }
 
-fn run_backend(
-    rt: &tokio::runtime::Runtime,
+/// Starts the OS backend, says READY, and runs the agent until a reboot or
+/// SIGTERM/SIGINT.
+async fn serve(
     s: &settings::Settings,
     ident: &driver::Ident,
 ) -> Result<driver::Exit, driver::DriverError> {
+    let cancel = CancellationToken::new();
+    if let Err(e) = stop_on_signals(cancel.clone()) {
+        tracing::warn!(error = %e, "no graceful stop on SIGTERM");
+    }
+    let notifier = Notifier::from_env;
     match s.os_backend {
         settings::OsBackend::Simulated => {
             let sim = os::Simulated {
@@ -137,19 +145,41 @@ fn run_backend(
                     payload: "0".into(),
                 },
             };
-            sd_notify("READY=1\nSTATUS=running");
-            rt.block_on(app::run_agent(s, ident, &sim))
+            sd_notify("READY=1");
+            app::run_agent(s, ident, &sim, cancel, notifier()).await
         }
-        settings::OsBackend::RpmOstree => rt.block_on(async {
+        settings::OsBackend::RpmOstree => {
             let opts = os::rpm_ostree::RpmOstreeOptions {
                 allow_downgrade: s.allow_downgrade,
                 ..Default::default()
             };
-            let host = os::rpm_ostree::RpmOstree::start(&os::dbus::Bus::System, opts).await?;
-            sd_notify("READY=1\nSTATUS=running");
-            app::run_agent(s, ident, &host).await
-        }),
+            let host = tokio::select! {
+                r = os::rpm_ostree::RpmOstree::start(&os::dbus::Bus::System, opts) => r?,
+                _ = cancel.cancelled() => return Ok(driver::Exit::Cancelled),
+            };
+            sd_notify("READY=1");
+            app::run_agent(s, ident, &host, cancel, notifier()).await
+        }
     }
+}
+
+/// On SIGTERM or SIGINT: `STOPPING=1`, then cancel the run. State is saved
+/// as it changes, so nothing is lost; a held reboot lock stays held (the
+/// next start resumes with it), a queued `Acquire` leaves the queue.
+fn stop_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping on a signal");
+        sd_notify("STOPPING=1\nSTATUS=stopping");
+        cancel.cancel();
+    });
+    Ok(())
 }
 
 fn usage() -> ExitCode {
@@ -157,19 +187,9 @@ fn usage() -> ExitCode {
     ExitCode::from(64)
 }
 
-/// Sends an sd_notify message to `$NOTIFY_SOCKET` (path or `@abstract`).
+/// Sends an sd_notify message to `$NOTIFY_SOCKET`, if set.
 fn sd_notify(msg: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
-        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+    if let Some(n) = Notifier::from_env() {
+        n.send(msg);
     }
 }
