@@ -3,6 +3,12 @@
 //! One [`etcd_client::Client`] per process (it is cheap to clone and
 //! reconnects by itself); every request runs under the configured deadline
 //! and maps a timeout or transport failure to [`StoreError::Unavailable`].
+//! A request that could not be sent because no connection could be made
+//! (refused, TLS handshake failed) is retried within its deadline: with an
+//! endpoints list the client's balancer may hand a request to a member that
+//! is down instead of a live one (grpc/grpc-rust#2839), and a restarting
+//! member comes back. With a user name, the client authenticates again when
+//! etcd has dropped its token (idle past `--auth-token-ttl`).
 //! Watch streams survive broken connections: they re-open the watch from the
 //! revision after the last one delivered, ending only on compaction.
 
@@ -15,6 +21,7 @@ use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
     PutOptions, TlsOptions, TxnOp,
 };
+use tokio::time::Instant;
 
 use crate::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchStream};
 
@@ -107,6 +114,102 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 #[error("etcd request timed out after {0:?}")]
 pub struct Timeout(pub Duration);
 
+/// No connection to any endpoint could be made within a request's deadline;
+/// `source` is the last attempt's error (e.g. connection refused, or the TLS
+/// handshake's certificate error).
+#[derive(Debug, thiserror::Error)]
+#[error("no etcd endpoint could be connected to within {after:?}")]
+pub struct Unreachable {
+    /// The deadline.
+    pub after: Duration,
+    /// The last connection error.
+    #[source]
+    pub source: etcd_client::Error,
+}
+
+/// Why [`retry_connect`] gave up.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// etcd (or the transport) answered with this; not retried.
+    Etcd(etcd_client::Error),
+    /// The deadline passed; `last` is the last connection failure, if the
+    /// attempts failed rather than hung.
+    Deadline {
+        after: Duration,
+        last: Option<etcd_client::Error>,
+    },
+}
+
+impl CallError {
+    /// As a store error; `lease` names the lease an etcd "lease not found"
+    /// refers to.
+    pub(crate) fn into_store(self, lease: Option<LeaseId>) -> StoreError {
+        match self {
+            CallError::Etcd(e) => map_err(e, lease),
+            CallError::Deadline { after, last: None } => unavailable(Timeout(after)),
+            CallError::Deadline {
+                after,
+                last: Some(source),
+            } => unavailable(Unreachable { after, source }),
+        }
+    }
+}
+
+/// Whether the request failed because no connection could be made, i.e. it
+/// was never sent and may be sent again.
+pub(crate) fn is_connect_error(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        etcd_client::Error::TransportError(e) => Some(e),
+        _ => None,
+    };
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(250);
+
+/// Runs `attempt` until it succeeds or fails other than by a connection
+/// failure, within `timeout` in all.
+pub(crate) async fn retry_connect<T, F, Fut>(
+    timeout: Duration,
+    mut attempt: F,
+) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut backoff = RETRY_MIN;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if is_connect_error(&e) => {
+                tracing::debug!(error = %e, "connecting to etcd failed; retrying");
+                last = Some(e);
+            }
+            Ok(Err(e)) => return Err(CallError::Etcd(e)),
+            Err(_) => break,
+        }
+        if Instant::now() + backoff >= deadline {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+    Err(CallError::Deadline {
+        after: timeout,
+        last,
+    })
+}
+
 impl EtcdStore {
     /// Creates the client. It connects lazily (with credentials, it
     /// authenticates here) and reconnects by itself; an unreachable etcd
@@ -118,7 +221,11 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &opts.user {
-            connect = connect.with_user(user.clone(), password.clone());
+            // etcd drops a token unused for `--auth-token-ttl` (5 minutes by
+            // default): authenticate again instead of failing every request.
+            connect = connect
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &opts.tls {
             let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
@@ -127,12 +234,14 @@ impl EtcdStore {
             }
             connect = connect.with_tls(config);
         }
+        // With credentials, connecting authenticates, which may be handed to
+        // an endpoint that is down: retried like any request.
         let deadline = opts.connect_timeout + opts.request_timeout;
-        let client =
-            tokio::time::timeout(deadline, Client::connect(&opts.endpoints, Some(connect)))
-                .await
-                .map_err(|_| unavailable(Timeout(deadline)))?
-                .map_err(unavailable)?;
+        let client = retry_connect(deadline, || {
+            Client::connect(&opts.endpoints, Some(connect.clone()))
+        })
+        .await
+        .map_err(|e| e.into_store(None))?;
         Ok(Self {
             client,
             prefix: opts.key_prefix,
@@ -145,17 +254,17 @@ impl EtcdStore {
         &self.client
     }
 
-    /// Runs one request under the deadline; `lease` names the lease an
-    /// etcd "lease not found" refers to.
-    async fn call<T>(
-        &self,
-        lease: Option<LeaseId>,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => result.map_err(|e| map_err(e, lease)),
-            Err(_) => Err(unavailable(Timeout(self.timeout))),
-        }
+    /// Runs one request (made by `attempt`, again after a connection
+    /// failure) under the deadline; `lease` names the lease an etcd "lease
+    /// not found" refers to.
+    async fn call<T, F, Fut>(&self, lease: Option<LeaseId>, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retry_connect(self.timeout, attempt)
+            .await
+            .map_err(|e| e.into_store(lease))
     }
 
     fn full(&self, key: &str) -> String {
@@ -208,20 +317,29 @@ fn map_err(e: etcd_client::Error, lease: Option<LeaseId>) -> StoreError {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call(None, kv.get(self.full(key), None)).await?;
+        let resp = self
+            .call(None, || {
+                let (mut kv, key) = (self.client.kv_client(), self.full(key));
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
-        let mut kv = self.client.kv_client();
         let full = self.full(prefix);
         let options = if full.is_empty() {
             GetOptions::new().with_all_keys()
         } else {
             GetOptions::new().with_prefix()
         };
-        let resp = self.call(None, kv.get(full, Some(options))).await?;
+        let resp = self
+            .call(None, || {
+                let (mut kv, full, options) =
+                    (self.client.kv_client(), full.clone(), options.clone());
+                async move { kv.get(full, Some(options)).await }
+            })
+            .await?;
         let kvs = resp
             .kvs()
             .iter()
@@ -255,8 +373,12 @@ impl Store for EtcdStore {
             })
             .collect();
         let request = etcd_client::Txn::new().when(compares).and_then(ops);
-        let mut kv = self.client.kv_client();
-        let resp = self.call(lease_used, kv.txn(request)).await?;
+        let resp = self
+            .call(lease_used, || {
+                let (mut kv, request) = (self.client.kv_client(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await?;
         Ok(TxnOutcome {
             succeeded: resp.succeeded(),
             revision: header_revision(resp.header()),
@@ -281,20 +403,24 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         // etcd TTLs are whole seconds: round up so a lease never ends early.
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-        let mut lease = self.client.lease_client();
         let resp = self
-            .call(None, lease.grant(signed(secs.max(1)), None))
+            .call(None, || {
+                let mut lease = self.client.lease_client();
+                async move { lease.grant(signed(secs.max(1)), None).await }
+            })
             .await?;
         Ok(resp.id())
     }
 
     async fn keep_alive(&self, id: LeaseId) -> Result<Duration, StoreError> {
-        let mut lease = self.client.lease_client();
         let resp = self
-            .call(Some(id), async move {
-                let (mut keeper, mut stream) = lease.keep_alive(id).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
+            .call(Some(id), || {
+                let mut lease = self.client.lease_client();
+                async move {
+                    let (mut keeper, mut stream) = lease.keep_alive(id).await?;
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                }
             })
             .await?;
         match resp {
@@ -316,8 +442,11 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
-        let mut lease = self.client.lease_client();
-        self.call(Some(id), lease.revoke(id)).await?;
+        self.call(Some(id), || {
+            let mut lease = self.client.lease_client();
+            async move { lease.revoke(id).await }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -1,11 +1,13 @@
-//! Test helpers: a real etcd server in a temporary directory.
+//! Test helpers: a real etcd server in a temporary directory, in plain
+//! text or with TLS / mutual TLS on its client URL, optionally with
+//! username/password authentication enabled.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::etcd::{EtcdOptions, EtcdStore};
+use crate::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use crate::{SharedStore, Store};
 
 /// Why a test etcd could not be started.
@@ -34,6 +36,31 @@ pub fn skip_etcd() -> bool {
     skip
 }
 
+/// TLS of a test etcd's client URL (all PEM).
+#[derive(Clone)]
+pub struct EtcdServerTls {
+    /// The server's certificate (`--cert-file`); it must name `127.0.0.1`.
+    pub cert_pem: Vec<u8>,
+    /// The server's private key (`--key-file`).
+    pub key_pem: Vec<u8>,
+    /// When set, etcd requires client certificates signed by this CA
+    /// (`--client-cert-auth --trusted-ca-file`).
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// What [`EtcdServer::options`] (and the readiness probe) connect with:
+    /// the CA of `cert_pem`, and a client certificate when
+    /// `client_ca_pem` is set.
+    pub client: EtcdTls,
+}
+
+impl std::fmt::Debug for EtcdServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdServerTls")
+            .field("client_cert_auth", &self.client_ca_pem.is_some())
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A single-member etcd running on loopback ports in a temporary directory.
 /// It is killed on drop; its log stays in the directory, whose path is
 /// printed if the test panicked.
@@ -43,29 +70,80 @@ pub struct EtcdServer {
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdServerTls>,
+    extra_args: Vec<String>,
+    user: Option<(String, String)>,
     child: Option<Child>,
 }
 
+/// How to start a test etcd: [`EtcdServer::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct EtcdServerConfig {
+    /// TLS (or mutual TLS) on the client URL; plain text when `None`.
+    pub tls: Option<EtcdServerTls>,
+    /// More etcd flags, e.g. `["--auth-token-ttl", "1"]`.
+    pub extra_args: Vec<String>,
+}
+
 impl EtcdServer {
-    /// Starts etcd and waits until it answers.
+    /// Starts etcd in plain text and waits until it answers.
     pub async fn start() -> Result<Self, EtcdServerError> {
+        Self::start_with(EtcdServerConfig::default()).await
+    }
+
+    /// Starts etcd serving its client URL over TLS (`https://`), with
+    /// client certificate authentication when `tls.client_ca_pem` is set,
+    /// and waits until it answers to `tls.client`.
+    pub async fn start_tls(tls: EtcdServerTls) -> Result<Self, EtcdServerError> {
+        Self::start_with(EtcdServerConfig {
+            tls: Some(tls),
+            ..EtcdServerConfig::default()
+        })
+        .await
+    }
+
+    /// Starts etcd as `config` says and waits until it answers.
+    pub async fn start_with(config: EtcdServerConfig) -> Result<Self, EtcdServerError> {
         let binary = find_on_path("etcd").ok_or(EtcdServerError::NotFound)?;
         let dir = tempfile::Builder::new().prefix("upshift-etcd-").tempdir()?;
+        if let Some(tls) = &config.tls {
+            std::fs::write(dir.path().join("server.pem"), &tls.cert_pem)?;
+            std::fs::write(dir.path().join("server-key.pem"), &tls.key_pem)?;
+            if let Some(ca) = &tls.client_ca_pem {
+                std::fs::write(dir.path().join("client-ca.pem"), ca)?;
+            }
+        }
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let mut server = Self {
             dir,
             binary,
             client_port,
             peer_port,
+            tls: config.tls,
+            extra_args: config.extra_args,
+            user: None,
             child: None,
         };
         server.spawn().await?;
         Ok(server)
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Credentials [`options`](Self::options) (and the readiness probe of
+    /// [`restart`](Self::restart)) use from now on: set this once auth is
+    /// enabled on the server.
+    pub fn set_user(&mut self, user: Option<(String, String)>) {
+        self.user = user;
     }
 
     /// Path of the server's log file.
@@ -73,12 +151,15 @@ impl EtcdServer {
         self.dir.path().join("etcd.log")
     }
 
-    /// Store options pointing at this server, with short deadlines.
+    /// Store options pointing at this server, with short deadlines, its
+    /// client TLS material and the credentials of [`set_user`](Self::set_user).
     pub fn options(&self, key_prefix: &str) -> EtcdOptions {
         EtcdOptions {
             request_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
             key_prefix: key_prefix.to_owned(),
+            tls: self.tls.as_ref().map(|t| t.client.clone()),
+            user: self.user.clone(),
             ..EtcdOptions::new(vec![self.endpoint()])
         }
     }
@@ -109,9 +190,24 @@ impl EtcdServer {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            let dir = self.dir.path();
+            command
+                .arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server-key.pem"));
+            if tls.client_ca_pem.is_some() {
+                command
+                    .arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(dir.join("client-ca.pem"));
+            }
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args([
@@ -129,6 +225,7 @@ impl EtcdServer {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("default={peer}")])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use futures::StreamExt;
 
-use super::{Timeout, convert_kv, revision, signed, unavailable};
+use super::{CallError, Timeout, convert_kv, retry_connect, revision, signed, unavailable};
 use crate::{StoreError, WatchEvent, WatchStream};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -69,19 +69,40 @@ impl EtcdWatch {
         if let Some(rev) = from {
             options = options.with_start_revision(signed(rev));
         }
-        let (client, full) = (&mut self.client, self.full.clone());
-        let created = tokio::time::timeout(self.timeout, async move {
-            let mut stream = client.watch(full, Some(options)).await?;
-            let first = stream.message().await?;
-            Ok::<_, etcd_client::Error>((stream, first))
-        })
-        .await
-        .map_err(|_| unavailable(Timeout(self.timeout)))?;
-        let (stream, first) = created.map_err(unavailable)?;
-        let Some(first) = first else {
-            return Err(StoreError::Unavailable(
-                "etcd closed the watch stream".into(),
-            ));
+        let mut refreshed = false;
+        let (stream, first) = loop {
+            let created = retry_connect(self.timeout, || {
+                let (mut client, full, options) =
+                    (self.client.clone(), self.full.clone(), options.clone());
+                async move {
+                    let mut stream = client.watch(full, Some(options)).await?;
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
+            })
+            .await
+            .map_err(|e| e.into_store(None))?;
+            let (stream, Some(first)) = created else {
+                return Err(StoreError::Unavailable(
+                    "etcd closed the watch stream".into(),
+                ));
+            };
+            // etcd checks the token when it creates a watch, and a refused
+            // token cancels the watch rather than failing the call, so the
+            // client's own token refresh does not see it: authenticate again
+            // (a no-op without credentials) and retry once.
+            if first.canceled()
+                && first.cancel_reason().contains("invalid auth token")
+                && !refreshed
+            {
+                refreshed = true;
+                tokio::time::timeout(self.timeout, self.client.refresh_token())
+                    .await
+                    .map_err(|_| unavailable(Timeout(self.timeout)))?
+                    .map_err(unavailable)?;
+                continue;
+            }
+            break (stream, first);
         };
         if first.canceled() {
             return Err(cancelled(&first, from.unwrap_or(0)));
@@ -117,17 +138,22 @@ impl EtcdWatch {
         let options = GetOptions::new()
             .with_revision(signed(rev))
             .with_count_only();
-        let mut kv = self.client.kv_client();
-        match tokio::time::timeout(self.timeout, kv.get(self.full.clone(), Some(options))).await {
-            Err(_) => Err(unavailable(Timeout(self.timeout))),
-            Ok(Ok(_)) => Ok(false),
-            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+        let result = retry_connect(self.timeout, || {
+            let (mut kv, full, options) =
+                (self.client.kv_client(), self.full.clone(), options.clone());
+            async move { kv.get(full, Some(options)).await }
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(false),
+            Err(CallError::Etcd(etcd_client::Error::GRpcStatus(status)))
                 if status.message().contains("compacted") =>
             {
                 Ok(true)
             }
             // A future revision is fine to watch from; other errors surface on the stream.
-            Ok(Err(_)) => Ok(false),
+            Err(CallError::Etcd(_)) => Ok(false),
+            Err(e) => Err(e.into_store(None)),
         }
     }
 
