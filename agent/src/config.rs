@@ -60,20 +60,24 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// One configuration problem, naming the file and key.
+/// One configuration problem, naming the file (when a fragment holds the
+/// value; a missing key has none) and the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
     pub key: Option<String>,
     pub message: String,
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.key {
-            Some(k) => write!(f, "{}: {k}: {}", self.file.display(), self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
         }
+        if let Some(k) = &self.key {
+            write!(f, "{k}: ")?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -119,7 +123,7 @@ pub fn load(root: &Path) -> Result<MergedInputs, Vec<ConfigError>> {
             Ok(t) => t,
             Err(e) => {
                 errors.push(ConfigError {
-                    file,
+                    file: Some(file),
                     key: None,
                     message: e.to_string(),
                 });
@@ -130,7 +134,7 @@ pub fn load(root: &Path) -> Result<MergedInputs, Vec<ConfigError>> {
             Ok(t) => t,
             Err(e) => {
                 errors.push(ConfigError {
-                    file,
+                    file: Some(file),
                     key: None,
                     message: e.to_string(),
                 });
@@ -140,7 +144,7 @@ pub fn load(root: &Path) -> Result<MergedInputs, Vec<ConfigError>> {
         for (section, body) in table {
             let Some((_, keys)) = KNOWN_KEYS.iter().find(|(s, _)| *s == section) else {
                 errors.push(ConfigError {
-                    file: file.clone(),
+                    file: Some(file.clone()),
                     key: Some(section),
                     message: "unknown section".into(),
                 });
@@ -148,7 +152,7 @@ pub fn load(root: &Path) -> Result<MergedInputs, Vec<ConfigError>> {
             };
             let toml::Value::Table(body) = body else {
                 errors.push(ConfigError {
-                    file: file.clone(),
+                    file: Some(file.clone()),
                     key: Some(section),
                     message: "expected a table".into(),
                 });
@@ -158,7 +162,7 @@ pub fn load(root: &Path) -> Result<MergedInputs, Vec<ConfigError>> {
                 let full = format!("{section}.{key}");
                 if !keys.contains(&key.as_str()) {
                     errors.push(ConfigError {
-                        file: file.clone(),
+                        file: Some(file.clone()),
                         key: Some(full),
                         message: "unknown key".into(),
                     });

@@ -74,21 +74,39 @@ pub struct Settings {
 
 struct V<'a> {
     m: &'a MergedInputs,
+    root: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl V<'_> {
+    /// A bad value: names the fragment that set `key` (none when unset).
     fn err(&mut self, key: &str, msg: impl Into<String>) {
-        let file = self
-            .m
-            .values
-            .get(key)
-            .map(|s| s.source.clone())
-            .unwrap_or_default();
+        let file = self.m.values.get(key).map(|s| s.source.clone());
         self.errors.push(ConfigError {
             file,
             key: Some(key.into()),
             message: msg.into(),
+        });
+    }
+    /// `key` is unset but `because` (a key set to `value`) needs it: says
+    /// where `because` comes from and where to set `key`, with an example.
+    fn required(&mut self, key: &str, because: &str, value: &str, example: &str) {
+        let from = match self.m.values.get(because) {
+            Some(s) => format!(" (set in {})", s.source.display()),
+            None => " (the default)".into(),
+        };
+        let (section, name) = key.split_once('.').unwrap_or(("", key));
+        let dir = self.root.join(crate::config::FRAGMENT_DIRS[1]);
+        let message = format!(
+            "not set; required because {because} = \"{value}\"{from}. Set it in a \
+             fragment in {dir}/, e.g. {dir}/50-{section}.toml containing:\n  [{section}]\n  \
+             {name} = \"{example}\"",
+            dir = dir.display(),
+        );
+        self.errors.push(ConfigError {
+            file: None,
+            key: Some(key.into()),
+            message,
         });
     }
     fn str(&mut self, key: &str) -> Option<String> {
@@ -194,6 +212,39 @@ impl V<'_> {
             }
         }
     }
+    /// The service URLs the chosen backends need (the hint source's only
+    /// when `updates.backend` was set: else it follows the URLs given).
+    fn required_urls(&mut self, s: &Settings, explicit_backend: bool) {
+        match s.hint_backend {
+            _ if !explicit_backend => {}
+            HintBackend::Stream if s.policy_url.is_none() => self.required(
+                "updates.policy_url",
+                "updates.backend",
+                "stream",
+                "http://policy.example.com:7402",
+            ),
+            HintBackend::Cincinnati if s.cincinnati_url.is_none() => self.required(
+                "updates.cincinnati_url",
+                "updates.backend",
+                "cincinnati",
+                "https://updates.coreos.fedoraproject.org",
+            ),
+            _ => {}
+        }
+        let kind = match s.lock_kind {
+            LockKind::Grpc => "grpc",
+            LockKind::Fleetlock => "fleetlock",
+            LockKind::Immediate => return,
+        };
+        if s.lock_url.is_none() {
+            self.required(
+                "lock.url",
+                "lock.kind",
+                kind,
+                "http://lock.example.com:7403",
+            );
+        }
+    }
     fn choice<T: Copy>(&mut self, key: &str, opts: &[(&str, T)], default: T) -> T {
         match self.str(key) {
             None => default,
@@ -214,6 +265,7 @@ impl Settings {
     pub fn validate(m: &MergedInputs, root: &Path) -> Result<Settings, Vec<ConfigError>> {
         let mut v = V {
             m,
+            root,
             errors: Vec::new(),
         };
         let group = v.str("identity.group").unwrap_or_else(|| "default".into());
@@ -325,25 +377,9 @@ impl Settings {
             fail_boot_versions,
             poll_secs,
         };
-        if explicit_backend {
-            if s.hint_backend == HintBackend::Stream && s.policy_url.is_none() {
-                v.err(
-                    "updates.policy_url",
-                    "required when updates.backend = \"stream\"",
-                );
-            }
-            if s.hint_backend == HintBackend::Cincinnati && s.cincinnati_url.is_none() {
-                v.err(
-                    "updates.cincinnati_url",
-                    "required when updates.backend = \"cincinnati\"",
-                );
-            }
-        }
+        v.required_urls(&s, explicit_backend);
         if s.telemetry_interval.is_zero() {
             v.err("telemetry.interval", "must be at least 1s");
-        }
-        if s.lock_kind != LockKind::Immediate && s.lock_url.is_none() {
-            v.err("lock.url", "required when lock.kind is grpc or fleetlock");
         }
         if v.errors.is_empty() {
             Ok(s)
@@ -403,10 +439,20 @@ mod tests {
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
-        assert!(
-            errs.iter()
-                .all(|e| e.key.as_deref() == Some("lock.url") || e.file == Path::new("/f.toml"))
-        );
+        for e in &errs {
+            if e.key.as_deref() == Some("lock.url") {
+                // Unset: no file of its own, but where to put it.
+                assert_eq!(e.file, None);
+                assert!(
+                    e.message.contains("lock.kind = \"grpc\" (set in /f.toml)"),
+                    "{e}"
+                );
+                assert!(e.message.contains("/etc/upshift/agent.d/"), "{e}");
+                assert!(e.to_string().starts_with("lock.url: not set"), "{e}");
+            } else {
+                assert_eq!(e.file.as_deref(), Some(Path::new("/f.toml")), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -301,3 +301,79 @@ async fn sd_notify_follows_the_state_and_sigterm_stops_gracefully() {
     let sim = std::fs::read_to_string(state.join("simulated-os.json")).unwrap();
     assert!(sim.contains("\"staged\": {"), "{sim}");
 }
+
+/// Copies `dist/<rel>/*.toml` of the repository into `<root>/<dir>`.
+fn install(root: &Path, rel: &str, dir: &str) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist")
+        .join(rel);
+    let to = root.join(dir);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn config_show_on_the_shipped_fragments() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    install(root, "usr/lib/upshift/agent.d", "usr/lib/upshift/agent.d");
+    // The defaults alone: the policy URL is missing, and the error says so.
+    let o = std::process::Command::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("config error: updates.policy_url: not set"),
+        "{err}"
+    );
+    let defaults = root.join("usr/lib/upshift/agent.d/00-defaults.toml");
+    assert!(
+        err.contains(&format!(
+            "updates.backend = \"stream\" (set in {})",
+            defaults.display()
+        )),
+        "{err}"
+    );
+    let etc = root.join("etc/upshift/agent.d");
+    assert!(err.contains(&format!("{}/", etc.display())), "{err}");
+    assert!(err.contains("policy_url = \""), "{err}");
+
+    // With the shipped example in /etc/upshift/agent.d/: it starts.
+    install(
+        root,
+        "usr/share/doc/upshift-agent/examples",
+        "etc/upshift/agent.d",
+    );
+    let o = std::process::Command::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains(&format!(
+            "updates.policy_url = \"http://policy.example.com:7402\"  # {}",
+            etc.join("50-updates.toml").display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "updates.backend = \"stream\"  # {}",
+            defaults.display()
+        )),
+        "{shown}"
+    );
+}
