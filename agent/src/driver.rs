@@ -154,14 +154,15 @@ pub async fn run_with<O: OsBackend>(
     let p = persist::load(&settings.state_dir)?;
     // Cancellation also ends an OS call in flight, as a killed process would.
     let stop = rt.cancel.clone();
-    let booted = tokio::select! {
-        r = os.booted() => r?,
+    let (booted, scheme) = tokio::select! {
+        r = async { Ok::<_, crate::os::OsError>((os.booted().await?, os.booted_scheme().await?)) } => r?,
         _ = stop.cancelled() => return Ok(Exit::Cancelled),
     };
     let cancel = rt.cancel.child_token();
     let _stop_tasks = cancel.clone().drop_guard();
     let node = watch::Sender::new(NodeView {
         booted: booted.clone(),
+        scheme,
         denied: p.deny_list.iter().cloned().collect(),
     });
     // An update persisted by an earlier run continues its trace.

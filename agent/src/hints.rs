@@ -20,7 +20,7 @@ use upshift_proto::policy::v1::policy_service_client::PolicyServiceClient;
 use crate::cincinnati::{Choice, Query, choose};
 use crate::driver::Ident;
 use crate::net::{Backoff, Rng, channel, http_client};
-use crate::os::Release;
+use crate::os::{PayloadScheme, Release};
 use crate::settings::{HintBackend, Settings};
 
 /// Consecutive stream failures after which Cincinnati polling fills in.
@@ -71,6 +71,8 @@ pub struct Feed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub booted: Release,
+    /// The booted deployment's payload scheme: the graph hints come from.
+    pub scheme: PayloadScheme,
     pub denied: Vec<String>,
 }
 
@@ -253,7 +255,7 @@ impl Task {
             stream: self.settings.stream.clone(),
             basearch: self.settings.basearch.clone(),
             platform: self.ident.platform.clone(),
-            scheme: upshift_proto::graph::v1::PayloadScheme::Checksum as i32,
+            scheme: proto_scheme(n.scheme) as i32,
             booted_version: n.booted.version,
             booted_payload: n.booted.payload,
             denied_versions: n.denied,
@@ -388,7 +390,7 @@ impl Task {
             os_checksum: n.booted.payload.clone(),
             group: self.settings.group.clone(),
             platform: self.ident.platform.clone(),
-            oci: false,
+            oci: n.scheme == PayloadScheme::Oci,
         };
         let url = format!("{}/v1/graph", base.trim_end_matches('/'));
         let http = self
@@ -419,6 +421,14 @@ enum StreamEnd {
     NodeChanged,
     Reconnect(Duration),
     Failed(String),
+}
+
+/// The wire value of a payload scheme.
+pub fn proto_scheme(s: PayloadScheme) -> upshift_proto::graph::v1::PayloadScheme {
+    match s {
+        PayloadScheme::Checksum => upshift_proto::graph::v1::PayloadScheme::Checksum,
+        PayloadScheme::Oci => upshift_proto::graph::v1::PayloadScheme::Oci,
+    }
 }
 
 /// Converts a policy hint.

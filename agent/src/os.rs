@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use upshift_cincinnati::graph::PayloadScheme;
 
 /// Exit code the agent uses after a simulated "reboot": a supervisor restarts
 /// it and it comes up with the new version booted.
@@ -144,6 +145,10 @@ impl OsError {
 /// What the agent needs from the OS.
 pub trait OsBackend {
     fn booted(&self) -> impl Future<Output = Result<Release, OsError>>;
+    /// How the booted deployment's payload is identified: an OSTree commit
+    /// checksum, or an OCI image (`name@sha256:...`). Hints are asked for
+    /// the graph of that scheme.
+    fn booted_scheme(&self) -> impl Future<Output = Result<PayloadScheme, OsError>>;
     fn staged(&self) -> impl Future<Output = Result<Option<Release>, OsError>>;
     fn stage(&self, target: &Release) -> impl Future<Output = Result<(), OsError>>;
     fn finalize(&self) -> impl Future<Output = Result<(), OsError>>;
@@ -224,9 +229,22 @@ impl Simulated {
     }
 }
 
+/// The scheme of a payload as the backends write it: an image digest
+/// reference (`name@sha256:<hex>`) is OCI, anything else a checksum.
+pub fn scheme_of(payload: &str) -> PayloadScheme {
+    match payload.split_once("@sha256:") {
+        Some((name, digest)) if !name.is_empty() && !digest.is_empty() => PayloadScheme::Oci,
+        _ => PayloadScheme::Checksum,
+    }
+}
+
 impl OsBackend for Simulated {
     async fn booted(&self) -> Result<Release, OsError> {
         Ok(self.read().await?.booted)
+    }
+    /// From the booted payload ([`scheme_of`]).
+    async fn booted_scheme(&self) -> Result<PayloadScheme, OsError> {
+        Ok(scheme_of(&self.read().await?.booted.payload))
     }
     async fn staged(&self) -> Result<Option<Release>, OsError> {
         Ok(self.read().await?.staged)
@@ -329,6 +347,22 @@ mod tests {
         assert_eq!(os.active_sessions().await.unwrap(), 0);
         assert_eq!(os.message_sessions("hi").await.unwrap(), 0);
         assert!(!os.messages_file().exists());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn simulated_scheme_follows_the_booted_payload() {
+        let t = tempfile::tempdir().unwrap();
+        let mut os = Simulated {
+            file: t.path().join("sim.json"),
+            fail_versions: vec![],
+            fail_boot_versions: vec![],
+            initial: rel("1"),
+        };
+        assert_eq!(os.booted_scheme().await.unwrap(), PayloadScheme::Checksum);
+        os.initial.payload = "quay.io/fedora/fedora-coreos@sha256:0123abcd".into();
+        assert_eq!(os.booted_scheme().await.unwrap(), PayloadScheme::Oci);
+        assert_eq!(scheme_of("@sha256:00"), PayloadScheme::Checksum);
+        assert_eq!(scheme_of(&"c".repeat(64)), PayloadScheme::Checksum);
     }
 
     #[tokio::test(flavor = "current_thread")]

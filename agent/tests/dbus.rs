@@ -17,7 +17,7 @@ use dbus_doubles::{
 use upshift_agent::os::dbus::{Bus, Timeouts};
 use upshift_agent::os::rpm_ostree::{RpmOstree, RpmOstreeOptions};
 use upshift_agent::os::wall::Wall;
-use upshift_agent::os::{Op, OsBackend, OsError, Release};
+use upshift_agent::os::{Op, OsBackend, OsError, PayloadScheme, Release};
 
 const IMAGE: &str = "quay.io/fedora/fedora-coreos";
 
@@ -337,6 +337,33 @@ async fn oci_payload_is_rebased_by_image_digest() {
         os.stage(&missing).await,
         Err(OsError::TransactionFailed { op: Op::Deploy, .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_scheme_follows_the_container_image_reference() {
+    let daemon = DbusDaemon::start();
+    let _rpm = RpmOstreeDouble::start(&daemon.address, host()).await;
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(os.booted_scheme().await.unwrap(), PayloadScheme::Checksum);
+
+    // A host booted from an image (`rpm-ostree rebase ostree-...:IMAGE`).
+    let daemon = DbusDaemon::start();
+    let mut state = host();
+    state.deployments[0].image = Some(format!(
+        "ostree-remote-registry:fedora:{IMAGE}@sha256:{}",
+        sum('d')
+    ));
+    let _rpm = RpmOstreeDouble::start(&daemon.address, state).await;
+    let os = RpmOstree::connect(&bus(&daemon), RpmOstreeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(os.booted_scheme().await.unwrap(), PayloadScheme::Oci);
+    assert_eq!(
+        os.booted().await.unwrap().payload,
+        format!("{IMAGE}@sha256:{}", sum('d'))
+    );
 }
 
 /// The agent's own run loop against the doubles: Cincinnati graph and a

@@ -14,7 +14,8 @@ use mesh::*;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use upshift_agent::driver::{Exit, Ident, Runtime, run_with};
-use upshift_agent::os::OsBackend;
+use upshift_agent::hints::Hint;
+use upshift_agent::os::{OsBackend, PayloadScheme, Release};
 use upshift_agent::settings::Settings;
 use upshift_cincinnati::graph::Graph;
 use upshift_common::auth::AdminAuth;
@@ -105,6 +106,7 @@ async fn hint_stream_reconnects_with_its_resume_token() {
     let s = settings(t.path(), &p.url, None);
     let (_node_tx, node_rx) = watch::channel(upshift_agent::hints::NodeView {
         booted: rel("1"),
+        scheme: PayloadScheme::Checksum,
         denied: vec![],
     });
     let cancel = CancellationToken::new();
@@ -227,6 +229,7 @@ async fn cincinnati_polling_fills_in_while_the_stream_is_down() {
     s.cincinnati_url = Some(p.url.clone());
     let (_node_tx, node_rx) = watch::channel(upshift_agent::hints::NodeView {
         booted: rel("1"),
+        scheme: PayloadScheme::Checksum,
         denied: vec![],
     });
     let cancel = CancellationToken::new();
@@ -360,4 +363,105 @@ async fn hints_over_tls_with_the_configured_ca() {
     run.stop().await;
     assert_eq!(os.deploys.load(Ordering::SeqCst), 0);
     stop.cancel();
+}
+
+/// An OCI payload: the image digest reference of version `v`.
+fn oci(v: &str) -> String {
+    let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("quay.io/fedora/fedora-coreos@sha256:{hex:0<64}")
+}
+
+fn oci_rel(v: &str) -> Release {
+    Release {
+        version: v.into(),
+        payload: oci(v),
+    }
+}
+
+/// Publishes 1 -> 2 for OCI hosts, and only 1 for checksum hosts.
+fn publish_by_scheme(p: &Policy) {
+    p.service.publish(key(), 1, graph(&["1"], &[]));
+    let nodes = ["1", "2"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut n = node(v, i as u64);
+            n.payload = oci(v);
+            n
+        })
+        .collect();
+    let oci_key = upshift_policy::state::ScopeKey {
+        scheme: PayloadScheme::Oci,
+        ..key()
+    };
+    p.service
+        .publish(oci_key, 1, Graph::new(nodes, vec![(0, 1)]).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_follow_the_booted_payload_scheme() {
+    let p = policy(Duration::from_secs(1800)).await;
+    publish_by_scheme(&p);
+    // A host booted from an OCI image: its stream asks for the OCI graph.
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, None);
+    let mut os = Counting::new(t.path(), &[]);
+    os.inner.initial = oci_rel("1");
+    assert_eq!(os.booted_scheme().await.unwrap(), PayloadScheme::Oci);
+    assert_eq!(
+        start(&s, &os, SystemClock::shared()).finished().await,
+        Exit::Rebooted
+    );
+    assert_eq!(os.booted().await.unwrap(), oci_rel("2"));
+    // A checksum host on the same service gets the checksum graph: no update.
+    let t2 = tempfile::tempdir().unwrap();
+    let s2 = settings(t2.path(), &p.url, None);
+    let os2 = Counting::new(t2.path(), &[]);
+    let mut run = start(&s2, &os2, SystemClock::shared());
+    let st = run
+        .until("idle with a hint", |s| {
+            s.state == "idle" && s.hint_stream_connected && s.checks >= 1
+        })
+        .await;
+    assert!(st.last_error.is_none(), "{:?}", st.last_error);
+    run.stop().await;
+    assert_eq!(os2.deploys.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cincinnati_polls_ask_for_the_booted_payload_scheme() {
+    let p = policy(Duration::from_secs(1800)).await;
+    publish_by_scheme(&p);
+    for (booted, scheme, want) in [
+        (oci_rel("1"), PayloadScheme::Oci, Hint::Update(oci_rel("2"))),
+        (rel("1"), PayloadScheme::Checksum, Hint::UpToDate),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = settings(t.path(), &p.url, None);
+        s.hint_backend = upshift_agent::settings::HintBackend::Cincinnati;
+        s.cincinnati_url = Some(p.url.clone());
+        let (_node_tx, node_rx) = watch::channel(upshift_agent::hints::NodeView {
+            booted,
+            scheme,
+            denied: vec![],
+        });
+        let cancel = CancellationToken::new();
+        let src = upshift_agent::hints::spawn(
+            s,
+            ident(),
+            node_rx,
+            watch::channel(None).1,
+            SystemClock::shared(),
+            Box::new(|| 0.0),
+            cancel.clone(),
+        );
+        let mut feed = src.feed.clone();
+        let f = tokio::time::timeout(WAIT, feed.wait_for(|f| f.hint.is_some() || f.errors > 0))
+            .await
+            .expect("a polled hint")
+            .unwrap()
+            .clone();
+        assert_eq!(f.hint, Some(want), "{scheme:?}: {:?}", f.last_error);
+        cancel.cancel();
+    }
 }

@@ -79,6 +79,15 @@ impl Deployment {
         })
     }
 
+    /// OCI for image-based deployments (a container image reference),
+    /// else the OSTree checksum scheme.
+    pub fn scheme(&self) -> super::PayloadScheme {
+        match self.container_image_reference {
+            Some(_) => super::PayloadScheme::Oci,
+            None => super::PayloadScheme::Checksum,
+        }
+    }
+
     /// The release this deployment runs: the payload is the image
     /// `name@digest` for container deployments, else the base commit.
     pub fn release(&self) -> Release {
@@ -478,6 +487,10 @@ impl OsBackend for RpmOstree {
         }
         Ok(r)
     }
+    /// OCI when the booted deployment has a container image reference.
+    async fn booted_scheme(&self) -> Result<super::PayloadScheme, OsError> {
+        Ok(self.booted_deployment().await?.scheme())
+    }
     async fn staged(&self) -> Result<Option<Release>, OsError> {
         Ok(self.staged_deployment().await?.map(|d| d.release()))
     }
@@ -531,6 +544,7 @@ mod tests {
             ..Deployment::default()
         };
         assert_eq!(d.release().payload, "c".repeat(64));
+        assert_eq!(d.scheme(), super::super::PayloadScheme::Checksum);
         d.base_checksum = Some("b".repeat(64));
         assert_eq!(d.release().payload, "b".repeat(64));
         d.container_image_reference =
@@ -540,6 +554,7 @@ mod tests {
             d.release().payload,
             "quay.io/fedora/fedora-coreos@sha256:00"
         );
+        assert_eq!(d.scheme(), super::super::PayloadScheme::Oci);
         assert!(is_checksum(&"a".repeat(64)));
         assert!(!is_checksum("41.1"));
     }

@@ -14,10 +14,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use upshift_agent::config::MergedInputs;
 use upshift_agent::driver::{Control, Exit, Ident, Runtime, run_with};
-use upshift_agent::os::{OsBackend, OsError, Release, Simulated};
+use upshift_agent::os::{OsBackend, OsError, PayloadScheme, Release, Simulated};
 use upshift_agent::settings::{HintBackend, LockKind, Settings};
 use upshift_agent::status::Status;
-use upshift_cincinnati::graph::{Graph, Node, PayloadScheme};
+use upshift_cincinnati::graph::{Graph, Node};
 use upshift_common::auth::AdminAuth;
 use upshift_common::clock::{ScaledClock, SharedClock, SystemClock};
 use upshift_common::config::{ServerSettings, parse_toml};
@@ -264,6 +264,9 @@ impl OsBackend for Counting {
     async fn booted(&self) -> Result<Release, OsError> {
         self.gate(Hold::Booted).await;
         self.inner.booted().await
+    }
+    async fn booted_scheme(&self) -> Result<PayloadScheme, OsError> {
+        self.inner.booted_scheme().await
     }
     async fn staged(&self) -> Result<Option<Release>, OsError> {
         self.inner.staged().await
