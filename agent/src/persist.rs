@@ -22,6 +22,11 @@ pub struct Persisted {
     pub failure_counts: BTreeMap<String, u32>,
     /// Whether a reboot lock is held (released in steady state).
     pub lock_held: bool,
+    /// Set before asking for the lock, until it is held or given back: a
+    /// crash between the grant and saving `lock_held` leaves this set, and
+    /// steady state releases (idempotently) what may have been granted.
+    #[serde(default)]
+    pub lock_acquiring: bool,
     /// Updates paused locally (`upshift-agent pause`).
     #[serde(default)]
     pub paused: bool,
@@ -92,5 +97,6 @@ mod tests {
         assert_eq!(p.pending_target.as_deref(), Some("2"));
         assert_eq!(p.traceparent, None);
         assert!(!p.paused);
+        assert!(!p.lock_acquiring);
     }
 }

@@ -376,3 +376,44 @@ async fn restart_during_a_staging_backoff_keeps_the_retry_budget() {
     );
     assert!(persisted(&s).deny_list.contains("2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_the_grant_does_not_leak_the_slot() {
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let l = lock().await;
+    l.take("other-node").await;
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, Some(&l.url));
+    let os = Counting::new(t.path(), &[]);
+    *os.hold.lock().unwrap() = Some(Hold::Finalize);
+    let mut run = start(&s, &os, SystemClock::shared());
+    run.until("queued", |s| s.lock_queue_position == Some(1))
+        .await;
+    // The state file while the agent waits for the grant: what a crash
+    // right after the grant, before `lock_held` is saved, leaves on disk.
+    let file = upshift_agent::persist::path(&s.state_dir);
+    let asking = std::fs::read(&file).unwrap();
+    l.release("other-node").await;
+    os.wait_held().await;
+    run.stop().await;
+    assert_eq!(l.holders().await, vec!["agent-1".to_string()]);
+    std::fs::write(&file, &asking).unwrap();
+    assert!(!persisted(&s).lock_held);
+    // The restarted agent goes to steady state (the staged deployment is
+    // gone): it releases the slot it may have been granted.
+    *os.hold.lock().unwrap() = None;
+    os.inner.cleanup().await.unwrap();
+    let mut run = start(&s, &os, SystemClock::shared());
+    run.until("steady on 1", |s| {
+        s.state == "update-available" && kind_is(s, ErrorKind::RolledBack)
+    })
+    .await;
+    run.stop().await;
+    assert!(
+        l.holders().await.is_empty(),
+        "the granted slot was released"
+    );
+    let saved = persisted(&s);
+    assert!(!saved.lock_held && !saved.lock_acquiring);
+}

@@ -140,14 +140,16 @@ impl<O: OsBackend> Driver<'_, O> {
         }
     }
 
-    /// Releases the lock if it is held, then forgets the target.
+    /// Releases the lock if it is held or was being acquired (a grant
+    /// may have arrived just before a crash), then forgets the target.
     async fn report_steady(&mut self) -> Result<Event, DriverError> {
-        if self.p.lock_held {
+        if self.p.lock_held || self.p.lock_acquiring {
             if let Err(e) = self.lock.release().await {
                 self.record_error(ErrorKind::SteadyStateFailed, e.to_string());
                 return Ok(Event::SteadyFailed);
             }
             self.p.lock_held = false;
+            self.p.lock_acquiring = false;
         }
         self.p.pending_target = None;
         self.p.traceparent = None;

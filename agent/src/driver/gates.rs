@@ -73,10 +73,15 @@ impl<O: OsBackend> Driver<'_, O> {
         }
         if force != Some(true) {
             self.queue_position = None;
+            if !self.p.lock_held && !self.p.lock_acquiring {
+                self.p.lock_acquiring = true;
+                self.save().map_err(|e| format!("cannot save state: {e}"))?;
+            }
             match self.lock.acquire().await.map_err(|e| error_chain(&e))? {
                 LockCheck::Held => {
-                    if !self.p.lock_held {
+                    if !self.p.lock_held || self.p.lock_acquiring {
                         self.p.lock_held = true;
+                        self.p.lock_acquiring = false;
                         self.save().map_err(|e| format!("cannot save state: {e}"))?;
                     }
                 }
@@ -147,9 +152,10 @@ impl<O: OsBackend> Driver<'_, O> {
     }
 
     async fn release_lock(&mut self) -> Result<(), String> {
-        if self.p.lock_held || self.lock.pending() {
+        if self.p.lock_held || self.p.lock_acquiring || self.lock.pending() {
             self.lock.release().await.map_err(|e| error_chain(&e))?;
             self.p.lock_held = false;
+            self.p.lock_acquiring = false;
             self.save().map_err(|e| format!("cannot save state: {e}"))?;
         }
         Ok(())
