@@ -1,7 +1,8 @@
 //! End to end against a Cincinnati-only and a FleetLock-only HTTP fake.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,6 +27,10 @@ struct Calls {
     graph: AtomicUsize,
     pre_reboot: AtomicUsize,
     steady: AtomicUsize,
+    /// When set: the agent's state file, copied into `at_grant` as the
+    /// slot is granted (what a crash at that instant leaves on disk).
+    state_file: Mutex<Option<PathBuf>>,
+    at_grant: Mutex<Option<Vec<u8>>>,
 }
 
 /// A Cincinnati-only and FleetLock-only HTTP server on one port; the first
@@ -51,10 +56,13 @@ async fn fakes() -> (String, Arc<Calls>) {
                 async move {
                     assert_eq!(h.get("fleet-lock-protocol").unwrap(), "true");
                     if c.pre_reboot.fetch_add(1, Ordering::SeqCst) == 0 {
-                        StatusCode::CONFLICT
-                    } else {
-                        StatusCode::OK
+                        return StatusCode::CONFLICT;
                     }
+                    let file = c.state_file.lock().unwrap().clone();
+                    if let Some(f) = file {
+                        *c.at_grant.lock().unwrap() = std::fs::read(f).ok();
+                    }
+                    StatusCode::OK
                 }
             }),
         )
@@ -169,4 +177,32 @@ async fn restart_after_a_rollback_releases_the_lock_once() {
     assert!(!p.lock_held);
     assert_eq!(p.pending_target, None);
     assert_eq!(p.failure_counts.get("2"), Some(&1));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_crash_right_after_the_fleetlock_grant_does_not_leak_the_slot() {
+    let (base, calls) = fakes().await;
+    let t = tempfile::tempdir().unwrap();
+    let (s, ident, os) = setup(t.path(), &base);
+    let file = upshift_agent::persist::path(&s.state_dir);
+    *calls.state_file.lock().unwrap() = Some(file.clone());
+    assert_eq!(
+        run(&s, &ident, &os, &SystemClock).await.unwrap(),
+        Exit::Rebooted
+    );
+    // The process dies as the slot is granted: the state file is as it
+    // was then (lock_held not saved yet), the host rebooted into 2.
+    let at_grant = calls.at_grant.lock().unwrap().clone().expect("granted");
+    std::fs::write(&file, at_grant).unwrap();
+    assert!(
+        !upshift_agent::persist::load(&s.state_dir)
+            .unwrap()
+            .lock_held
+    );
+    assert_eq!(os.booted().await.unwrap().version, "2");
+    // FleetLock slots have no TTL: steady state must give it back.
+    let _ = tokio::time::timeout(Duration::from_secs(1), run(&s, &ident, &os, &SystemClock)).await;
+    assert_eq!(calls.steady.load(Ordering::SeqCst), 1);
+    let p = upshift_agent::persist::load(&s.state_dir).unwrap();
+    assert!(!p.lock_held && !p.lock_acquiring);
 }
