@@ -14,6 +14,38 @@ use crate::os::OsBackend;
 use crate::settings::Settings;
 use crate::{config, identity, local};
 
+/// Exit codes of the `upshift-agent` binary (sysexits where one fits).
+pub mod exit {
+    /// Stopped on SIGTERM/SIGINT, or the host is rebooting (rpm-ostree);
+    /// a control command done.
+    pub const OK: u8 = 0;
+    /// A control command the agent refused.
+    pub const REFUSED: u8 = 1;
+    /// Bad usage or configuration (`EX_USAGE`; the unit does not restart).
+    pub const USAGE: u8 = 64;
+    /// `run`: the OS backend is unavailable or failed (rpm-ostree or logind
+    /// not on the bus, refused, no answer); control: the agent is not
+    /// reachable (`EX_UNAVAILABLE`; the unit restarts `run`).
+    pub const UNAVAILABLE: u8 = 69;
+    /// Any other runtime failure: state file, lock, tracing (`EX_SOFTWARE`).
+    pub const SOFTWARE: u8 = 70;
+    /// No usable identity: `/etc/machine-id` missing or malformed and no
+    /// `identity.node_uuid` (`EX_CONFIG`; the unit does not restart).
+    pub const CONFIG: u8 = 78;
+    /// The simulated backend "rebooted": a supervisor restarts the agent.
+    pub const SIMULATED_REBOOT: u8 = crate::os::EXIT_SIMULATED_REBOOT;
+}
+
+/// The exit code of a run that ended with `e`.
+pub fn exit_code_of(e: &DriverError) -> u8 {
+    match e {
+        DriverError::Os(_) => exit::UNAVAILABLE,
+        DriverError::Persist(_) | DriverError::Transition(_) | DriverError::Lock(_) => {
+            exit::SOFTWARE
+        }
+    }
+}
+
 /// Loads and validates the configuration under `root`.
 pub fn load_settings(root: &Path) -> Result<Settings, Vec<ConfigError>> {
     config::load(root).and_then(|m| Settings::validate(&m, root))
@@ -75,8 +107,8 @@ pub async fn run_agent<O: OsBackend>(
 }
 
 /// Sends a control request line (`status`, `pause`, ...) to the running
-/// agent and prints the answer; the exit code is 0 on success, 1 when the
-/// agent refused, 69 when it cannot be reached.
+/// agent and prints the answer; the exit code is [`exit::OK`],
+/// [`exit::REFUSED`], or [`exit::UNAVAILABLE`] when it cannot be reached.
 pub async fn control(settings: &Settings, line: &str) -> u8 {
     let (_, socket) = local::paths(&settings.run_dir);
     match local::request(&socket, line).await {
@@ -89,10 +121,10 @@ pub async fn control(settings: &Settings, line: &str) -> u8 {
                 println!("{}", a.message);
             }
             if a.ok {
-                0
+                exit::OK
             } else {
                 eprintln!("upshift-agent: {}", a.message);
-                1
+                exit::REFUSED
             }
         }
         Err(e) => {
@@ -100,7 +132,7 @@ pub async fn control(settings: &Settings, line: &str) -> u8 {
                 "upshift-agent: cannot reach the agent at {}: {e}",
                 socket.display()
             );
-            69
+            exit::UNAVAILABLE
         }
     }
 }

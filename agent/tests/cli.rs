@@ -377,3 +377,37 @@ fn config_show_on_the_shipped_fragments() {
         "{shown}"
     );
 }
+
+#[test]
+fn run_exit_codes_name_what_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let conf = root.join("etc/upshift/agent.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    let write = |body: &str| std::fs::write(conf.join("50-test.toml"), body).unwrap();
+    let run = |env: &[(&str, String)]| {
+        let o = std::process::Command::new(BIN)
+            .arg("--root")
+            .arg(root)
+            .arg("run")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    // 64: bad configuration.
+    write("[updates]\npolicy_url = 7\n");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(64), "{out}");
+    // 78: no usable identity (no /etc/machine-id, no identity.node_uuid).
+    write("[updates]\npolicy_url = \"http://127.0.0.1:9\"\n[os]\nbackend = \"simulated\"\n");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("machine-id"), "{out}");
+    // 69: the rpm-ostree backend cannot start (no system bus here).
+    write("[identity]\nnode_uuid = \"n1\"\n[updates]\npolicy_url = \"http://127.0.0.1:9\"\n");
+    let bus = format!("unix:path={}", root.join("no-bus").display());
+    let (code, out) = run(&[("DBUS_SYSTEM_BUS_ADDRESS", bus)]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("connect"), "{out}");
+}

@@ -1,10 +1,12 @@
 //! `upshift-agent` binary: `[--root DIR] config show | run | status |
-//! check-now | pause | resume | finalize-now [--force]`.
+//! check-now | pause | resume | finalize-now [--force]`. Exit codes:
+//! [`upshift_agent::app::exit`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+use upshift_agent::app::exit;
 use upshift_agent::notify::Notifier;
 use upshift_agent::{app, driver, os, settings, trace};
 
@@ -50,7 +52,7 @@ fn config_errors(errs: Vec<upshift_agent::config::ConfigError>) -> ExitCode {
     for e in errs {
         eprintln!("config error: {e}");
     }
-    ExitCode::from(64)
+    ExitCode::from(exit::USAGE)
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -73,7 +75,7 @@ fn control(root: &Path, line: &str) -> ExitCode {
     };
     match runtime() {
         Some(rt) => ExitCode::from(rt.block_on(app::control(&s, line))),
-        None => ExitCode::from(70),
+        None => ExitCode::from(exit::SOFTWARE),
     }
 }
 
@@ -86,18 +88,18 @@ fn run(root: &Path) -> ExitCode {
         Ok(i) => i,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(78);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     let Some(rt) = runtime() else {
-        return ExitCode::from(70);
+        return ExitCode::from(exit::SOFTWARE);
     };
     // The OTLP exporter (only with `telemetry.otlp_endpoint`) lives on this runtime.
     let guard = match rt.block_on(async { trace::init(s.otlp_endpoint.as_deref()) }) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("tracing: {}", driver::error_chain(&e));
-            return ExitCode::from(70);
+            return ExitCode::from(exit::SOFTWARE);
         }
     };
     let result = rt.block_on(serve(&s, &ident));
@@ -110,7 +112,7 @@ fn run(root: &Path) -> ExitCode {
         Ok(driver::Exit::Rebooted) => {
             sd_notify("STOPPING=1\nSTATUS=rebooting");
             match s.os_backend {
-                settings::OsBackend::Simulated => ExitCode::from(os::EXIT_SIMULATED_REBOOT),
+                settings::OsBackend::Simulated => ExitCode::from(exit::SIMULATED_REBOOT),
                 // logind is taking the host down.
                 settings::OsBackend::RpmOstree => ExitCode::SUCCESS,
             }
@@ -118,7 +120,7 @@ fn run(root: &Path) -> ExitCode {
         Ok(driver::Exit::Cancelled) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent: {}", driver::error_chain(&e));
-            ExitCode::from(70)
+            ExitCode::from(app::exit_code_of(&e))
         }
     }
 }
@@ -184,7 +186,7 @@ fn stop_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
 
 fn usage() -> ExitCode {
     eprintln!("{USAGE}");
-    ExitCode::from(64)
+    ExitCode::from(exit::USAGE)
 }
 
 /// Sends an sd_notify message to `$NOTIFY_SOCKET`, if set.
