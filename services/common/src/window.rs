@@ -57,7 +57,7 @@ impl WindowConfig {
         let start = NaiveTime::parse_from_str(&self.start, "%H:%M")
             .map_err(|_| errors.push(format!("{key}.start"), "must be local time \"HH:MM\""))
             .ok();
-        if self.length.is_zero() || self.length > Duration::from_secs(7 * 86_400) {
+        if self.length < Duration::from_secs(1) || self.length > Duration::from_secs(7 * 86_400) {
             errors.push(format!("{key}.length"), "must be between 1s and 7 days");
         }
         let tz_name = self.time_zone.as_deref().unwrap_or("UTC");
