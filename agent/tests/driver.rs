@@ -1,12 +1,17 @@
-//! End to end against a Cincinnati-only and a FleetLock-only HTTP fake.
+//! End to end against a Cincinnati-only and a FleetLock-only HTTP fake that
+//! check each request is shaped as Zincati's (query parameters; FleetLock
+//! header and body).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use upshift_agent::config::MergedInputs;
@@ -27,52 +32,136 @@ struct Calls {
     graph: AtomicUsize,
     pre_reboot: AtomicUsize,
     steady: AtomicUsize,
+    /// Requests that were not what Zincati sends (answered 400).
+    bad: Mutex<Vec<String>>,
     /// When set: the agent's state file, copied into `at_grant` as the
     /// slot is granted (what a crash at that instant leaves on disk).
     state_file: Mutex<Option<PathBuf>>,
     at_grant: Mutex<Option<Vec<u8>>>,
 }
 
+impl Calls {
+    /// Records `problem` (if any) and answers 400 for it.
+    fn check(&self, problem: Option<String>) -> Result<(), StatusCode> {
+        match problem {
+            None => Ok(()),
+            Some(p) => {
+                self.bad.lock().unwrap().push(p);
+                Err(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// One run until the simulated reboot; a run that does not get there
+    /// fails with the bad requests seen.
+    async fn run_to_reboot(&self, s: &Settings, ident: &Ident, os: &Simulated) {
+        let r =
+            tokio::time::timeout(Duration::from_secs(20), run(s, ident, os, &SystemClock)).await;
+        match r {
+            Ok(exit) => assert_eq!(exit.unwrap(), Exit::Rebooted),
+            Err(_) => panic!("no reboot; {}", self.bad_summary()),
+        }
+    }
+
+    fn bad_summary(&self) -> String {
+        let bad = self.bad.lock().unwrap();
+        format!("{} bad requests, the first: {:?}", bad.len(), bad.first())
+    }
+
+    fn assert_all_good(&self) {
+        assert!(
+            self.bad.lock().unwrap().is_empty(),
+            "{}",
+            self.bad_summary()
+        );
+    }
+}
+
+/// The node the tests run (see [`setup`]).
+const NODE: &str = "u1";
+
+/// A graph request must carry Zincati's parameters for this node.
+fn graph_problem(q: &HashMap<String, String>) -> Option<String> {
+    let want = [
+        ("basearch", "x86_64"),
+        ("stream", "stable"),
+        ("node_uuid", NODE),
+        ("group", "default"),
+        ("platform", "qemu"),
+        ("oci", "false"),
+    ];
+    for (k, v) in want {
+        if q.get(k).map(String::as_str) != Some(v) {
+            return Some(format!("graph: {k} = {:?}, want {v:?}", q.get(k)));
+        }
+    }
+    // The booted release: 1 (p1) before the update, 2 (p2) after it.
+    match (q.get("os_version"), q.get("os_checksum")) {
+        (Some(v), Some(c)) if (v == "1" || v == "2") && *c == format!("p{v}") => None,
+        other => Some(format!("graph: os_version/os_checksum {other:?}")),
+    }
+}
+
+/// A FleetLock request: the protocol header and `{"client_params": {"id", "group"}}`.
+fn fleetlock_problem(op: &str, h: &HeaderMap, body: &[u8]) -> Option<String> {
+    if h.get("fleet-lock-protocol").and_then(|v| v.to_str().ok()) != Some("true") {
+        return Some(format!("{op}: no fleet-lock-protocol: true header"));
+    }
+    let json = h
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) if json => v,
+        _ => return Some(format!("{op}: body is not JSON")),
+    };
+    let want = serde_json::json!({"client_params": {"id": NODE, "group": "default"}});
+    (v != want).then(|| format!("{op}: body {v}, want {want}"))
+}
+
 /// A Cincinnati-only and FleetLock-only HTTP server on one port; the first
-/// `pre-reboot` is refused as if another node held the slot.
+/// `pre-reboot` is refused as if another node held the slot. Requests not
+/// shaped as Zincati's are answered 400 and recorded in `bad`.
 async fn fakes() -> (String, Arc<Calls>) {
     let calls = Arc::new(Calls::default());
     let (c1, c2, c3) = (calls.clone(), calls.clone(), calls.clone());
     let app = Router::new()
         .route(
             "/v1/graph",
-            get(move || {
+            get(move |Query(q): Query<HashMap<String, String>>| {
                 let c = c1.clone();
                 async move {
+                    c.check(graph_problem(&q))?;
                     c.graph.fetch_add(1, Ordering::SeqCst);
-                    GRAPH
+                    Ok::<_, StatusCode>(GRAPH)
                 }
             }),
         )
         .route(
             "/v1/pre-reboot",
-            post(move |h: axum::http::HeaderMap| {
+            post(move |h: HeaderMap, body: Bytes| {
                 let c = c2.clone();
                 async move {
-                    assert_eq!(h.get("fleet-lock-protocol").unwrap(), "true");
+                    c.check(fleetlock_problem("pre-reboot", &h, &body))?;
                     if c.pre_reboot.fetch_add(1, Ordering::SeqCst) == 0 {
-                        return StatusCode::CONFLICT;
+                        return Err(StatusCode::CONFLICT);
                     }
                     let file = c.state_file.lock().unwrap().clone();
                     if let Some(f) = file {
                         *c.at_grant.lock().unwrap() = std::fs::read(f).ok();
                     }
-                    StatusCode::OK
+                    Ok(StatusCode::OK)
                 }
             }),
         )
         .route(
             "/v1/steady-state",
-            post(move || {
+            post(move |h: HeaderMap, body: Bytes| {
                 let c = c3.clone();
                 async move {
+                    c.check(fleetlock_problem("steady-state", &h, &body))?;
                     c.steady.fetch_add(1, Ordering::SeqCst);
-                    StatusCode::OK
+                    Ok::<_, StatusCode>(StatusCode::OK)
                 }
             }),
         );
@@ -88,8 +177,9 @@ fn setup(root: &std::path::Path, base: &str) -> (Settings, Ident, Simulated) {
     s.lock_kind = LockKind::Fleetlock;
     s.lock_url = Some(base.into());
     s.poll_interval = Duration::from_millis(50);
+    s.basearch = "x86_64".into();
     let ident = Ident {
-        node_uuid: "u1".into(),
+        node_uuid: NODE.into(),
         platform: "qemu".into(),
         motd_path: Some(root.join("run/motd.d/85-upshift-deadend.motd")),
     };
@@ -110,8 +200,7 @@ async fn cincinnati_and_fleetlock_update_completes() {
     let (base, calls) = fakes().await;
     let t = tempfile::tempdir().unwrap();
     let (s, ident, os) = setup(t.path(), &base);
-    let exit = run(&s, &ident, &os, &SystemClock).await.unwrap();
-    assert_eq!(exit, Exit::Rebooted);
+    calls.run_to_reboot(&s, &ident, &os).await;
     assert_eq!(os.booted().await.unwrap().version, "2");
     assert_eq!(calls.pre_reboot.load(Ordering::SeqCst), 2);
     let p = upshift_agent::persist::load(&s.state_dir).unwrap();
@@ -124,6 +213,7 @@ async fn cincinnati_and_fleetlock_update_completes() {
     let p = upshift_agent::persist::load(&s.state_dir).unwrap();
     assert!(!p.lock_held);
     assert_eq!(p.pending_target, None);
+    calls.assert_all_good();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -133,10 +223,7 @@ async fn restart_after_a_rollback_releases_the_lock_once() {
     let (s, ident, mut os) = setup(t.path(), &base);
     // The host fails to boot 2 and comes back on 1.
     os.fail_boot_versions = vec!["2".into()];
-    assert_eq!(
-        run(&s, &ident, &os, &SystemClock).await.unwrap(),
-        Exit::Rebooted
-    );
+    calls.run_to_reboot(&s, &ident, &os).await;
     assert_eq!(os.booted().await.unwrap().version, "1");
     assert_eq!(os.staged().await.unwrap(), None);
     let pre = calls.pre_reboot.load(Ordering::SeqCst);
@@ -177,6 +264,7 @@ async fn restart_after_a_rollback_releases_the_lock_once() {
     assert!(!p.lock_held);
     assert_eq!(p.pending_target, None);
     assert_eq!(p.failure_counts.get("2"), Some(&1));
+    calls.assert_all_good();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -186,10 +274,7 @@ async fn a_crash_right_after_the_fleetlock_grant_does_not_leak_the_slot() {
     let (s, ident, os) = setup(t.path(), &base);
     let file = upshift_agent::persist::path(&s.state_dir);
     *calls.state_file.lock().unwrap() = Some(file.clone());
-    assert_eq!(
-        run(&s, &ident, &os, &SystemClock).await.unwrap(),
-        Exit::Rebooted
-    );
+    calls.run_to_reboot(&s, &ident, &os).await;
     // The process dies as the slot is granted: the state file is as it
     // was then (lock_held not saved yet), the host rebooted into 2.
     let at_grant = calls.at_grant.lock().unwrap().clone().expect("granted");
@@ -205,4 +290,5 @@ async fn a_crash_right_after_the_fleetlock_grant_does_not_leak_the_slot() {
     assert_eq!(calls.steady.load(Ordering::SeqCst), 1);
     let p = upshift_agent::persist::load(&s.state_dir).unwrap();
     assert!(!p.lock_held && !p.lock_acquiring);
+    calls.assert_all_good();
 }
