@@ -178,10 +178,7 @@ pub async fn run_with<O: OsBackend>(
     );
     let lock = RebootLock::new(settings, &ident.node_uuid)?;
     // Counters carry over a simulated reboot (same runtime).
-    let (updates, failures, base_checks, last_error) = {
-        let s = rt.status.borrow();
-        (s.updates, s.failures, s.checks, s.last_error.clone())
-    };
+    let (updates, failures, base_checks, last_error) = carried_over(&rt.status.borrow());
     let now = rt.clock.now();
     let mut d = Driver {
         s: settings,
@@ -527,6 +524,11 @@ impl<O: OsBackend> Driver<'_, O> {
             }
         });
     }
+}
+
+/// The counters and last error an earlier run of the runtime published.
+fn carried_over(s: &Status) -> (u64, u64, u64, Option<LastError>) {
+    (s.updates, s.failures, s.checks, s.last_error.clone())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

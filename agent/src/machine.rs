@@ -209,29 +209,9 @@ pub fn transition(state: &State, event: &Event, now: SystemTime) -> Result<Next,
         ),
         (S::Staging { target, attempt }, E::StageFailed) => stage_failed(target, *attempt, now),
         (S::Staging { target, attempt }, E::RetryDue) => staging(target, *attempt),
-        (
-            S::Staged { target } | S::WaitingForGates { target },
-            E::GatesRefused | E::GateCheckFailed,
-        ) => (
-            S::WaitingForGates {
-                target: target.clone(),
-            },
-            vec![],
-        ),
-        (S::Staged { target } | S::WaitingForGates { target }, E::GatesPassed) => (
-            S::Finalizing {
-                target: target.clone(),
-            },
-            vec![Action::Finalize {
-                target: target.clone(),
-            }],
-        ),
-        (S::WaitingForGates { target }, E::RetryDue) => (
-            S::WaitingForGates {
-                target: target.clone(),
-            },
-            vec![Action::CheckGates],
-        ),
+        (S::Staged { .. } | S::WaitingForGates { .. }, _) => {
+            return gated(state, event).ok_or_else(|| illegal(state, event));
+        }
         (S::Finalizing { target }, E::Finalized) => (
             S::Rebooting {
                 target: target.clone(),
@@ -335,6 +315,31 @@ fn stage_failed(target: &str, attempt: u32, now: SystemTime) -> Next {
             at: now + stage_backoff(attempt),
         }],
     )
+}
+
+/// Transitions of `Staged` and `WaitingForGates`. `None` when illegal.
+fn gated(state: &State, event: &Event) -> Option<Next> {
+    use Event as E;
+    use State as S;
+    let (S::Staged { target } | S::WaitingForGates { target }) = state else {
+        return None;
+    };
+    let waiting = || S::WaitingForGates {
+        target: target.clone(),
+    };
+    Some(match (state, event) {
+        (_, E::GatesRefused | E::GateCheckFailed) => (waiting(), vec![]),
+        (_, E::GatesPassed) => (
+            S::Finalizing {
+                target: target.clone(),
+            },
+            vec![Action::Finalize {
+                target: target.clone(),
+            }],
+        ),
+        (S::WaitingForGates { .. }, E::RetryDue) => (waiting(), vec![Action::CheckGates]),
+        _ => return None,
+    })
 }
 
 /// Transitions of the states that wait for a hint: `Idle`, `DeadEnd` and
