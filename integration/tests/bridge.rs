@@ -234,7 +234,7 @@ fn an_invalid_config_exits_64_naming_file_and_keys() -> Result<()> {
     );
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "configuration OK\n"
+        "configuration OK: bridge would listen on 0.0.0.0:9598\n"
     );
     Ok(())
 }
