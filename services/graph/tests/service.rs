@@ -265,3 +265,243 @@ async fn a_broken_stream_does_not_make_the_others_unready() {
         .unwrap();
     assert!(!stable.into_inner().graph.unwrap().nodes.is_empty());
 }
+
+/// The value of `name{...}` whose labels include every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A watched directory in process: a bad edit is rejected (status RPC and
+/// metrics say so) while the last good graph keeps serving; a good edit
+/// reaches an open WatchGraph as a new revision, and the per-scope gauges
+/// follow.
+#[tokio::test]
+async fn a_watched_directory_reloads_rejects_bad_edits_and_reports_them_on_metrics() {
+    const SCOPE: [(&str, &str); 3] = [
+        ("stream", "stable"),
+        ("basearch", "x86_64"),
+        ("scheme", "checksum"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stable");
+    std::fs::create_dir_all(&stream).unwrap();
+    std::fs::write(stream.join("releases.json"), fixture("releases.json")).unwrap();
+    let updates = stream.join("updates.json");
+    std::fs::write(&updates, fixture("updates-history/010.json")).unwrap();
+    let mut config = GraphConfig::default();
+    config.streams.insert(
+        "stable".into(),
+        StreamSource {
+            dir: Some(stream.clone()),
+            ..Default::default()
+        },
+    );
+    let (url, _shutdown) = host(&config).await;
+    let mut client = GraphServiceClient::connect(url.clone()).await.unwrap();
+    let mut watch = client
+        .watch_graph(pb::WatchGraphRequest {
+            scopes: vec![x86()],
+            since_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .graph
+        .unwrap();
+
+    let text = metrics_text(&url).await;
+    assert_eq!(
+        metric(&text, "upshift_graph_nodes", &SCOPE),
+        Some(first.nodes.len() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_edges", &SCOPE),
+        Some(first.edges.len() as f64)
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_revision", &SCOPE),
+        Some(first.revision as f64)
+    );
+    let stable = [("stream", "stable")];
+    assert!(
+        metric(
+            &text,
+            "upshift_graph_last_success_timestamp_seconds",
+            &stable
+        )
+        .is_some_and(|t| t > 1.0e9),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_source_rejected", &stable),
+        Some(0.0)
+    );
+
+    // A malformed edit: rejected as a whole, visible, last good graph stays.
+    std::fs::write(&updates, b"{ not json").unwrap();
+    let status = loop {
+        let status = client
+            .get_source_status(pb::GetSourceStatusRequest {
+                stream: "stable".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sources
+            .remove(0);
+        if status.state == pb::SourceState::Rejected as i32 {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.error_file, updates.display().to_string());
+    assert_eq!(status.error_kind, "parse");
+    let still = client
+        .get_graph(pb::GetGraphRequest { scope: Some(x86()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .graph
+        .unwrap();
+    assert_eq!(
+        (still.revision, &still.digest),
+        (first.revision, &first.digest)
+    );
+    let text = metrics_text(&url).await;
+    assert!(
+        metric(
+            &text,
+            "upshift_graph_load_errors_total",
+            &[("stream", "stable"), ("kind", "parse")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_source_rejected", &stable),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_revision", &SCOPE),
+        Some(first.revision as f64)
+    );
+
+    // A good edit reaches the open stream as a new revision.
+    std::fs::write(&updates, fixture("updates-history/026.json")).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a new revision after the edit")
+        .unwrap()
+        .unwrap()
+        .graph
+        .unwrap();
+    assert!(next.revision > first.revision);
+    assert_ne!(next.digest, first.digest);
+    let text = metrics_text(&url).await;
+    assert_eq!(
+        metric(&text, "upshift_graph_revision", &SCOPE),
+        Some(next.revision as f64)
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_edges", &SCOPE),
+        Some(next.edges.len() as f64)
+    );
+    assert_eq!(
+        metric(&text, "upshift_graph_source_rejected", &stable),
+        Some(0.0)
+    );
+}
+
+/// A WatchGraph consumer that does not read while several revisions are
+/// published gets the latest one next, and nothing queued behind it.
+#[tokio::test]
+async fn a_slow_watch_graph_consumer_gets_the_latest_revision_not_a_backlog() {
+    use upshift_graph::catalog::{Applied, Catalog, ScopeKey};
+    use upshift_graph::source::{RawMetadata, SourceEvent};
+    use upshift_proto::graph::v1::graph_service_server::GraphService as _;
+
+    let event = |revision: &str| SourceEvent {
+        stream: "stable".into(),
+        result: Ok(RawMetadata {
+            releases: fixture("releases.json").into(),
+            updates: fixture(&format!("updates-history/{revision}.json")).into(),
+            releases_from: "releases.json".into(),
+            updates_from: "updates.json".into(),
+        }),
+    };
+    let mut catalog = Catalog::new(
+        [("stable".to_string(), "test".to_string(), Vec::new())],
+        None,
+    );
+    let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    assert!(matches!(
+        catalog.apply(event("010"), at),
+        Applied::Changed(..)
+    ));
+    let shutdown = CancellationToken::new();
+    let grpc = upshift_graph::grpc::GraphGrpc::new(catalog.subscribe(), shutdown.clone());
+    let mut stream = grpc
+        .watch_graph(tonic::Request::new(pb::WatchGraphRequest {
+            scopes: vec![x86()],
+            since_revision: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let revision_of = |m: Option<Result<pb::WatchGraphResponse, tonic::Status>>| {
+        m.expect("a message").unwrap().graph.unwrap().revision
+    };
+    let first = revision_of(stream.next().await);
+
+    // Four more revisions while the consumer does not read.
+    for revision in ["017", "026", "030", "058"] {
+        let applied = catalog.apply(event(revision), at);
+        assert!(matches!(applied, Applied::Changed(..)), "{applied:?}");
+    }
+    let key = ScopeKey {
+        stream: "stable".into(),
+        basearch: "x86_64".into(),
+        scheme: upshift_cincinnati::graph::PayloadScheme::Checksum,
+    };
+    let latest = catalog.snapshot().scopes[&key].revision;
+    assert!(latest >= first + 4, "{first} -> {latest}");
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the latest revision");
+    assert_eq!(revision_of(next), latest, "skips the revisions in between");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err(),
+        "nothing is queued behind the latest graph"
+    );
+    shutdown.cancel();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream ends at shutdown")
+            .is_none()
+    );
+}
