@@ -375,3 +375,185 @@ proptest! {
         check_invariants(&index, &built)?;
     }
 }
+
+/// The Fedora CoreOS graph-builder's rules (DESIGN.md section 2), written
+/// out a second time over the raw JSON, independently of the serde types
+/// and of `compute_edges`: nodes, their metadata and the edge set.
+mod reference {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde_json::Value;
+
+    pub type Nodes = Vec<(String, String, BTreeMap<String, String>)>;
+
+    fn reason(v: &Value) -> String {
+        match v["reason"].as_str() {
+            None | Some("") => "generic".to_owned(),
+            Some(r) => r.to_owned(),
+        }
+    }
+
+    pub fn graph(
+        index: &Value,
+        updates: &Value,
+        arch: &str,
+        oci: bool,
+    ) -> (Nodes, Vec<(u32, u32)>) {
+        let p = "org.fedoraproject.coreos.updates";
+        let mut nodes = Vec::new();
+        for (age, rel) in index["releases"].as_array().unwrap().iter().enumerate() {
+            let (list, field) = if oci {
+                ("oci-images", "digest-ref")
+            } else {
+                ("commits", "checksum")
+            };
+            let payload = rel[list].as_array().into_iter().flatten().find_map(|c| {
+                let payload = c[field].as_str().filter(|s| !s.is_empty())?;
+                (c["architecture"] == arch).then(|| payload.to_owned())
+            });
+            let Some(payload) = payload else { continue };
+            let version = rel["version"].as_str().unwrap().to_owned();
+            let mut md = BTreeMap::new();
+            md.insert(
+                "org.fedoraproject.coreos.releases.age_index".into(),
+                age.to_string(),
+            );
+            let scheme = if oci { "oci" } else { "checksum" };
+            md.insert("org.fedoraproject.coreos.scheme".into(), scheme.into());
+            for entry in updates["releases"].as_array().unwrap() {
+                if entry["version"] != version.as_str() {
+                    continue;
+                }
+                let m = &entry["metadata"];
+                for kind in ["barrier", "deadend"] {
+                    if m[kind].is_object() {
+                        md.insert(format!("{p}.{kind}"), "true".into());
+                        md.insert(format!("{p}.{kind}_reason"), reason(&m[kind]));
+                    }
+                }
+                if let Some(r) = m["rollout"].as_object() {
+                    md.insert(format!("{p}.rollout"), "true".into());
+                    if let Some(e) = r.get("start_epoch").and_then(Value::as_i64) {
+                        md.insert(format!("{p}.start_epoch"), e.to_string());
+                    }
+                    if let Some(v) = r.get("start_percentage").and_then(Value::as_f64) {
+                        md.insert(format!("{p}.start_value"), v.to_string());
+                    }
+                    if let Some(d) = r.get("duration_minutes").and_then(Value::as_u64) {
+                        md.insert(format!("{p}.duration_minutes"), d.to_string());
+                    }
+                }
+            }
+            nodes.push((version, payload, md));
+        }
+        let has = |i: usize, k: &str| nodes[i].2.contains_key(&format!("{p}.{k}"));
+        let barriers: BTreeSet<u32> = (0..nodes.len())
+            .filter(|&i| has(i, "barrier"))
+            .map(|i| i as u32)
+            .collect();
+        let mut edges = BTreeSet::new();
+        for r in (0..nodes.len()).filter(|&i| has(i, "rollout")) {
+            let r = r as u32;
+            let b = barriers.range(..r).next_back().copied().unwrap_or(0);
+            edges.extend((b..r).map(|i| (i, r)));
+        }
+        let mut start = 0;
+        for &t in &barriers {
+            if !has(t as usize, "rollout") {
+                edges.extend((start..t).map(|i| (i, t)));
+            }
+            start = t;
+        }
+        let edges = edges
+            .into_iter()
+            .filter(|&(from, _)| !has(from as usize, "deadend"))
+            .collect();
+        (nodes, edges)
+    }
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `build_graph` against the reference rules, every scope of `index`.
+fn assert_matches_reference(
+    index: &serde_json::Value,
+    updates: &serde_json::Value,
+    what: &str,
+) -> usize {
+    let parsed_index = ReleaseIndex::from_slice(&serde_json::to_vec(index).unwrap()).unwrap();
+    let parsed_updates =
+        UpdatesMetadata::from_slice(&serde_json::to_vec(updates).unwrap()).unwrap();
+    let mut edges = 0;
+    for arch in ["x86_64", "aarch64"] {
+        for (scheme, oci) in [(PayloadScheme::Checksum, false), (PayloadScheme::Oci, true)] {
+            let built = build_graph(&parsed_index, &parsed_updates, arch, scheme).unwrap();
+            let (nodes, want) = reference::graph(index, updates, arch, oci);
+            let got: reference::Nodes = built
+                .graph
+                .nodes()
+                .iter()
+                .map(|n| (n.version.clone(), n.payload.clone(), n.metadata.clone()))
+                .collect();
+            assert_eq!(got, nodes, "{what} {arch} {scheme:?}: nodes");
+            assert_eq!(
+                built.graph.edges(),
+                &want[..],
+                "{what} {arch} {scheme:?}: edges"
+            );
+            edges += want.len();
+        }
+    }
+    edges
+}
+
+#[test]
+fn every_fixture_revision_matches_the_reference_rules() {
+    let index = json(&fixtures().join("stable/releases.json"));
+    let mut edges = 0;
+    for path in all_update_files() {
+        edges += assert_matches_reference(&index, &json(&path), &path.display().to_string());
+    }
+    assert!(
+        edges > 1000,
+        "the fixtures exercise the rules: {edges} edges"
+    );
+}
+
+/// The `latest/` files name 2026 releases that the stable index lacks: build
+/// an index of their own versions (ordered by the build date in the
+/// version, x86_64 checksums and OCI digests), so their barriers, rollouts
+/// and dead-ends all take part.
+#[test]
+fn latest_metadata_on_an_index_of_its_own_versions_matches_the_reference_rules() {
+    let mut dead_ends = 0;
+    for stream in ["stable", "testing", "next"] {
+        let updates = json(&fixtures().join(format!("latest/updates-{stream}.json")));
+        let mut versions: Vec<&str> = updates["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["version"].as_str().unwrap())
+            .collect();
+        versions.sort_by_key(|v| (v.split('.').nth(1).unwrap_or("").to_owned(), v.to_string()));
+        let releases: Vec<serde_json::Value> = versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "version": v,
+                    "commits": [{"architecture": "x86_64", "checksum": format!("c-{v}")}],
+                    "oci-images": [{"architecture": "x86_64", "image": "quay.io/x", "digest-ref": format!("quay.io/x@sha256:{v}")}],
+                })
+            })
+            .collect();
+        let index = serde_json::json!({ "releases": releases });
+        assert_matches_reference(&index, &updates, stream);
+        let (nodes, _) = reference::graph(&index, &updates, "x86_64", false);
+        dead_ends += nodes
+            .iter()
+            .filter(|n| n.2.contains_key("org.fedoraproject.coreos.updates.deadend"))
+            .count();
+    }
+    assert!(dead_ends > 0, "dead-ends are exercised");
+}
