@@ -13,6 +13,18 @@ use crate::decide::throttle;
 use crate::overrides::Overrides;
 use crate::state::PolicyState;
 
+/// Request latency buckets (seconds): `/v1/graph` answers in well under a
+/// millisecond and its target is p99 under 5 ms, so the SDK's default
+/// buckets (0, 5, 10, ... seconds) would put every request in the first one.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Push lag buckets (seconds), around the 1 s delivery target.
+const PUSH_LAG_BUCKETS: [f64; 13] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Instruments of the policy service.
 #[derive(Debug, Clone)]
 pub struct PolicyMetrics {
@@ -47,6 +59,7 @@ impl PolicyMetrics {
                 .f64_histogram("upshift_policy_request_duration")
                 .with_description("Policy request latency by route.")
                 .with_unit("s")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
                 .build(),
             open_streams: meter
                 .i64_up_down_counter("upshift_policy_open_streams")
@@ -60,6 +73,7 @@ impl PolicyMetrics {
                 .f64_histogram("upshift_policy_push_lag")
                 .with_description("Delay from a throttle-opening instant to the push.")
                 .with_unit("s")
+                .with_boundaries(PUSH_LAG_BUCKETS.to_vec())
                 .build(),
             nodes_seen,
             meter,
