@@ -248,6 +248,42 @@ async fn follows_the_graph_service_and_serves_http_and_grpc() {
     p.stop.cancel();
 }
 
+/// `/readyz` (and `/v1/graph`) wait for the first graph; losing the graph
+/// service afterwards keeps the instance ready on the graph it has.
+#[tokio::test]
+async fn ready_once_a_graph_arrives_and_while_the_graph_service_is_gone() {
+    let (gtx, grx) = watch::channel(None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gaddr = listener.local_addr().unwrap();
+    let gstop = CancellationToken::new();
+    let fake = tokio::spawn(serve_fake(listener, grx, gstop.clone()));
+    let p = serve_policy(&format!("http://{gaddr}"), MemoryStore::shared()).await;
+    let base = format!("http://{}", p.addr);
+    let graph_url = format!("{base}/v1/graph?basearch=x86_64&stream=stable");
+    let readyz = || async { reqwest::get(format!("{base}/readyz")).await.unwrap() };
+
+    // Connected, but no graph has been sent yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = readyz().await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("no graph"));
+    let r = reqwest::get(&graph_url).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "graph_unavailable");
+
+    gtx.send_replace(Some(graph_proto(&graph_now_rollout(), 1)));
+    wait_for("readiness", || p.svc.readiness.is_ready()).await;
+    assert_eq!(readyz().await.status(), 200);
+
+    gstop.cancel();
+    fake.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(readyz().await.status(), 200, "the last graph keeps serving");
+    assert_eq!(reqwest::get(&graph_url).await.unwrap().status(), 200);
+    p.stop.cancel();
+}
+
 #[tokio::test]
 async fn a_pause_on_one_replica_is_seen_by_another_sharing_the_store() {
     let (_gtx, grx) = watch::channel(Some(graph_proto(&rollout_graph(), 1)));
