@@ -298,6 +298,67 @@ async fn window_is_checked_again_once_the_lock_is_granted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_now_still_takes_the_lock_unless_forced() {
+    use upshift_agent::driver::Command;
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let l = lock().await;
+    l.take("other-node").await;
+    let t = tempfile::tempdir().unwrap();
+    let mut s = settings(t.path(), &p.url, Some(&l.url));
+    // A daily window opening 12 hours from now: closed for the whole test.
+    let opens = chrono::Utc::now() + chrono::Duration::hours(12);
+    let window = upshift_common::window::WindowConfig {
+        days: vec![],
+        start: opens.format("%H:%M").to_string(),
+        length: Duration::from_secs(3600),
+        time_zone: None,
+    };
+    s.windows = vec![
+        window
+            .validate("w", &mut upshift_common::config::ConfigErrors::new())
+            .unwrap(),
+    ];
+    let os = Counting::new(t.path(), &[]);
+    let mut run = start(&s, &os, SystemClock::shared());
+    run.until("staged, outside the window", |s| {
+        s.state == "waiting-for-gates" && s.waiting_for.contains("maintenance")
+    })
+    .await;
+    assert_eq!(
+        run.status.borrow().lock_queue_position,
+        None,
+        "no slot asked for yet"
+    );
+
+    // finalize-now skips the window but queues for the slot other-node holds.
+    let answer = run
+        .control
+        .send(Command::FinalizeNow { force: false })
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    let st = run
+        .until("queued for the lock", |s| s.lock_queue_position == Some(1))
+        .await;
+    assert_eq!(st.state, "waiting-for-gates");
+    assert!(!st.lock_held);
+    assert_eq!(
+        os.booted().await.unwrap(),
+        rel("1"),
+        "no reboot without the slot"
+    );
+    assert_eq!(l.holders().await, vec!["other-node".to_string()]);
+
+    // --force skips the lock too: the host reboots while other-node holds it.
+    let answer = run.control.send(Command::FinalizeNow { force: true }).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(run.finished().await, Exit::Rebooted);
+    assert_eq!(os.booted().await.unwrap(), rel("2"));
+    assert_eq!(l.holders().await, vec!["other-node".to_string()]);
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_over_tls_with_the_configured_ca() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let t = tempfile::tempdir().unwrap();
