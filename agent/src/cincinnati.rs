@@ -146,6 +146,42 @@ mod tests {
         ));
     }
 
+    /// The response format of Fedora's public Cincinnati server (Zincati's
+    /// own test fixture): the greatest release one edge away, by payload.
+    #[test]
+    fn fedora_coreos_response() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/cincinnati/zincati-response.json"
+        );
+        let body = std::fs::read(path).unwrap();
+        let release = |version: &str, payload: &str| Release {
+            version: version.into(),
+            payload: payload.into(),
+        };
+        let oldest = release(
+            "32.20200517.1.0",
+            "7c23c4735fb3c541586f0a4d3ca956ef93ef7d76f00a19bccf51460bafa7ee97",
+        );
+        let newest = release(
+            "32.20200601.1.1",
+            "08040bebbab87a3343a281f94bb68010df618eb6ce6ac3d4230d2595959b5da1",
+        );
+        assert_eq!(
+            choose(&body, &oldest, &[], false),
+            Choice::Update(newest.clone())
+        );
+        assert_eq!(choose(&body, &newest, &[], false), Choice::UpToDate);
+        // Its only edge leads to a denied release: nothing to do.
+        assert_eq!(
+            choose(&body, &oldest, std::slice::from_ref(&newest.version), false),
+            Choice::UpToDate
+        );
+        // The host is found by its payload, not its version.
+        let renamed = release("other", &oldest.payload);
+        assert_eq!(choose(&body, &renamed, &[], false), Choice::Update(newest));
+    }
+
     #[test]
     fn zincati_query_names() {
         let q = Query {
