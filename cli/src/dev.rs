@@ -121,7 +121,8 @@ impl std::str::FromStr for FailSpec {
 pub fn run(args: DevArgs) -> ExitCode {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         eprintln!("upshift dev: --speed must be a positive number");
-        return ExitCode::from(2);
+        // A usage error, like every other bad flag of `upshift`.
+        return ExitCode::from(upshift_common::config::EX_USAGE as u8);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,6 +97,37 @@ fn a_failing_release_is_halted_and_the_rest_never_get_it() -> Result<()> {
     Ok(())
 }
 
+/// Bad flags are usage errors (64, as for every `upshift` command), found
+/// before anything starts: no working directory is created.
+#[test]
+fn bad_flags_exit_64_before_starting() -> Result<()> {
+    let dir = Workdir::new()?;
+    let workdir = dir.path().join("dev");
+    for bad in [
+        &["--speed", "0"][..],
+        &["--speed", "-5"],
+        &["--speed", "NaN"],
+        &["--agents", "20001"],
+        &["--fail", "34.20211016.3.0:150"],
+        &["--until", "converged"],
+    ] {
+        let output = Command::new(bin("upshift")?)
+            .args(["dev", "--no-ui", "--base-port", "0"])
+            .arg("--workdir")
+            .arg(&workdir)
+            .arg("--fixtures")
+            .arg(fixtures())
+            .args(bad)
+            .output()
+            .context("running upshift dev")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{bad:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{bad:?}: no message");
+        assert!(!workdir.exists(), "{bad:?} started the mesh");
+    }
+    Ok(())
+}
+
 /// The addresses `upshift dev` prints: `graph A  policy B  lock C  telemetry D ... bridge E`.
 fn printed_address(guide: &str, name: &str) -> Option<String> {
     let mut words = guide.split_whitespace();
