@@ -314,3 +314,103 @@ pub fn summary_line(s: &Snapshot) -> String {
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fleet mid-rollout: two hosts hold the group's slots, three wait,
+    /// the rollout is halted and paused.
+    fn mid_rollout() -> Snapshot {
+        let mut fleet = FleetCounts {
+            total: 10,
+            updates: 4,
+            failures: 3,
+            lock_held: 2,
+            queued: 3,
+            ..FleetCounts::default()
+        };
+        fleet.by_version.insert("34.20211004.3.1".into(), 6);
+        fleet.by_version.insert("34.20211016.3.0".into(), 4);
+        fleet.by_state.insert("idle", 5);
+        fleet.by_state.insert("waiting-for-gates", 5);
+        fleet.denied.insert("34.20211016.3.0".into(), 1);
+        let holder = |id: &str| lock_pb::Holder {
+            id: id.into(),
+            group: "default".into(),
+            ..lock_pb::Holder::default()
+        };
+        Snapshot {
+            now: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_634_400_000)),
+            fleet,
+            rollouts: vec![policy_pb::Rollout {
+                stream: "stable".into(),
+                version: "34.20211016.3.0".into(),
+                throttle: 0.25,
+                eligible_share: 0.4,
+                paused: true,
+                pause_reason: "automatic halt: 3 of 5 failed".into(),
+                ..policy_pb::Rollout::default()
+            }],
+            groups: vec![lock_pb::Group {
+                name: "default".into(),
+                total_slots: 2,
+                holders: vec![holder("0123456789abcdef"), holder("fedcba9876543210")],
+                queue_length: 1,
+                ..lock_pb::Group::default()
+            }],
+            summary: Some(telemetry_pb::FleetSummary {
+                total_hosts: 10,
+                stale_hosts: 1,
+                halts: vec![telemetry_pb::Halt {
+                    stream: "stable".into(),
+                    version: "34.20211016.3.0".into(),
+                    reason: "3 of 5 failed".into(),
+                    ..telemetry_pb::Halt::default()
+                }],
+                ..telemetry_pb::FleetSummary::default()
+            }),
+            errors: vec!["lock: unavailable".into()],
+        }
+    }
+
+    #[test]
+    fn the_view_shows_versions_rollouts_locks_and_halts() {
+        let view = render(&mid_rollout());
+        for want in [
+            "simulated time 2021-10-16T16:00:00Z\n",
+            "FLEET  10 hosts, 4 updates done, 3 staging failures\n",
+            "  34.20211004.3.1           6 [##################............]  60.0%\n",
+            "  34.20211016.3.0           4 [############..................]  40.0%\n",
+            "  states: idle 5, waiting-for-gates 5\n",
+            "  deny lists: 34.20211016.3.0 on 1 hosts\n",
+            "  34.20211016.3.0      throttle [#####...............]  25.0%  eligible  40.0%  PAUSED: automatic halt: 3 of 5 failed\n",
+            // The queue is the larger of the service's length and the
+            // agents' own count.
+            "  default    2/2 slots, 3 queued  01234567 fedcba98\n",
+            "  10 hosts reporting, 1 stale\n",
+            "  HALTED stable 34.20211016.3.0: 3 of 5 failed\n",
+            "  ! lock: unavailable\n",
+        ] {
+            assert!(view.contains(want), "{want:?} missing from\n{view}");
+        }
+        assert!(!view.contains("no automatic halts"), "{view}");
+    }
+
+    #[test]
+    fn the_log_line_counts_holders_and_halts() {
+        let line = summary_line(&mid_rollout());
+        assert_eq!(
+            line,
+            "[2021-10-16T16:00:00Z] hosts 10 | 34.20211004.3.1=6 34.20211016.3.0=4 \
+             | rollouts 34.20211016.3.0@25.0%(paused) | lock holders 2 | halts 1"
+        );
+    }
+
+    #[test]
+    fn an_empty_mesh_says_so() {
+        let view = render(&Snapshot::default());
+        assert!(view.contains("ROLLOUTS (stable)\n  none\n"), "{view}");
+        assert!(view.contains("(no summary yet)"), "{view}");
+    }
+}
