@@ -341,6 +341,31 @@ async fn lock_speaks_fleetlock_and_grpc_and_keeps_holders_across_restart() -> Re
     assert!(queued_at < granted_at, "{stream}");
     assert!(holders(&lock, "workers")?.contains("node-c"));
 
+    // Every grant and release is logged at info level, in plain text (the
+    // log is a file, not a terminal: no colour codes).
+    let log = std::fs::read_to_string(lock.log_path())?;
+    assert!(!log.contains('\u{1b}'), "ANSI codes in a log file:\n{log}");
+    for (action, target, reason) in [
+        ("grant", "node-a", "fleetlock"),
+        ("release", "node-a", "steady-state"),
+        ("grant", "node-b", "fleetlock"),
+        ("release", "node-b", "steady-state"),
+        ("grant", "node-c", "grpc"),
+    ] {
+        let fields = [
+            format!("action=\"{action}\""),
+            "group=\"workers\"".to_string(),
+            format!("target=\"{target}\""),
+            format!("reason=\"{reason}\""),
+        ];
+        assert!(
+            log.lines().any(|l| l.contains(" INFO ")
+                && l.contains("lock audit")
+                && fields.iter().all(|f| l.contains(f.as_str()))),
+            "no info line for {action} {target}:\n{log}"
+        );
+    }
+
     let metrics = reqwest::get(format!("{}/metrics", lock.url()))
         .await?
         .text()

@@ -65,7 +65,10 @@ pub fn init_tracing(opts: &TracingOptions) -> Result<TracingGuard, TelemetryErro
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match opts.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only on a terminal: a log file or the journal gets plain text.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour_logs())
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     let provider = match &opts.otlp_endpoint {
@@ -82,6 +85,13 @@ pub fn init_tracing(opts: &TracingOptions) -> Result<TracingGuard, TelemetryErro
         .try_init()
         .map_err(TelemetryError::Subscriber)?;
     Ok(TracingGuard { provider })
+}
+
+/// Whether text log lines (written to stdout) carry ANSI colours: only when
+/// stdout is a terminal and `NO_COLOR` is unset or empty.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// A tracer provider exporting spans in batches over OTLP gRPC to `endpoint`
