@@ -274,3 +274,42 @@ fn a_scope_removed_and_re_added_gets_a_new_revision() {
     let back = restarted.apply(event(releases(), updates(26)), at(6));
     assert_eq!(applied_revision(&back), Some(gone + 1), "{back:?}");
 }
+
+#[test]
+fn configured_architectures_choose_the_scopes_and_the_default_is_every_one_in_the_index() {
+    let scopes = |archs: &[&str]| {
+        let mut catalog = Catalog::new(
+            [(
+                "stable".to_string(),
+                "test".to_string(),
+                archs.iter().map(|a| a.to_string()).collect(),
+            )],
+            None,
+        );
+        catalog.apply(event(releases(), updates(58)), at(1));
+        let snapshot = catalog.snapshot();
+        let keys: Vec<(String, PayloadScheme)> = snapshot
+            .scopes
+            .keys()
+            .map(|k| (k.basearch.clone(), k.scheme))
+            .collect();
+        (keys, snapshot.sources["stable"].architectures.clone())
+    };
+    let both = [
+        ("aarch64".to_string(), PayloadScheme::Checksum),
+        ("aarch64".to_string(), PayloadScheme::Oci),
+        ("x86_64".to_string(), PayloadScheme::Checksum),
+        ("x86_64".to_string(), PayloadScheme::Oci),
+    ];
+    assert_eq!(
+        scopes(&[]),
+        (
+            both.to_vec(),
+            vec!["aarch64".to_string(), "x86_64".to_string()]
+        )
+    );
+    assert_eq!(
+        scopes(&["x86_64"]),
+        (both[2..].to_vec(), vec!["x86_64".to_string()])
+    );
+}

@@ -72,6 +72,13 @@ async fn serve_origin(origin: Origin) -> String {
 }
 
 async fn host(config: &GraphConfig) -> (String, CancellationToken) {
+    host_with_debounce(config, Duration::from_millis(50)).await
+}
+
+async fn host_with_debounce(
+    config: &GraphConfig,
+    debounce: Duration,
+) -> (String, CancellationToken) {
     let streams = config.validate().expect("valid config");
     let metrics = Metrics::new("graph-test");
     let readiness = Readiness::new();
@@ -81,7 +88,7 @@ async fn host(config: &GraphConfig) -> (String, CancellationToken) {
     let shutdown = builder.shutdown_token();
     let service = GraphService::start(
         streams,
-        Duration::from_millis(50),
+        debounce,
         None,
         SystemClock::shared(),
         &metrics.meter(),
@@ -504,4 +511,94 @@ async fn a_slow_watch_graph_consumer_gets_the_latest_revision_not_a_backlog() {
             .expect("the stream ends at shutdown")
             .is_none()
     );
+}
+
+/// Edits in quick succession are read once the directory has been quiet for
+/// the debounce time: a half-written (malformed) state and an intermediate
+/// revision in between are never loaded.
+#[tokio::test]
+async fn a_burst_of_edits_is_loaded_once_after_the_debounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stable");
+    std::fs::create_dir_all(&stream).unwrap();
+    std::fs::write(stream.join("releases.json"), fixture("releases.json")).unwrap();
+    let updates = stream.join("updates.json");
+    std::fs::write(&updates, fixture("updates-history/010.json")).unwrap();
+    let mut config = GraphConfig::default();
+    config.streams.insert(
+        "stable".into(),
+        StreamSource {
+            dir: Some(stream.clone()),
+            ..Default::default()
+        },
+    );
+    let (url, _shutdown) = host_with_debounce(&config, Duration::from_millis(500)).await;
+    let mut client = GraphServiceClient::connect(url.clone()).await.unwrap();
+    let mut watch = client
+        .watch_graph(pb::WatchGraphRequest {
+            scopes: vec![x86()],
+            since_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .graph
+        .unwrap();
+
+    for content in [
+        b"{ \"stream\": ".to_vec(),
+        fixture("updates-history/017.json"),
+        fixture("updates-history/026.json"),
+    ] {
+        std::fs::write(&updates, content).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the burst is loaded")
+        .unwrap()
+        .unwrap()
+        .graph
+        .unwrap();
+    assert_eq!(next.revision, first.revision + 1, "one load for the burst");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), watch.next())
+            .await
+            .is_err(),
+        "no second revision"
+    );
+    let text = metrics_text(&url).await;
+    assert_eq!(
+        metric(
+            &text,
+            "upshift_graph_loads_total",
+            &[("stream", "stable"), ("outcome", "changed")]
+        ),
+        Some(2.0),
+        "the first load and the burst: {text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "upshift_graph_load_errors_total",
+            &[("stream", "stable")]
+        )
+        .is_none(),
+        "the half-written file was never read: {text}"
+    );
+    let status = client
+        .get_source_status(pb::GetSourceStatusRequest {
+            stream: "stable".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sources
+        .remove(0);
+    assert_eq!(status.state, pb::SourceState::Ok as i32);
 }
