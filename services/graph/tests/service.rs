@@ -602,3 +602,83 @@ async fn a_burst_of_edits_is_loaded_once_after_the_debounce() {
         .remove(0);
     assert_eq!(status.state, pb::SourceState::Ok as i32);
 }
+
+/// WatchGraph with no scope follows every scope; `since_revision` skips
+/// the graphs the caller already has.
+#[tokio::test]
+async fn watch_graph_of_all_scopes_resumes_after_since_revision() {
+    use upshift_graph::catalog::Catalog;
+    use upshift_graph::source::{RawMetadata, SourceEvent};
+    use upshift_proto::graph::v1::graph_service_server::GraphService as _;
+
+    let event = |revision: &str| SourceEvent {
+        stream: "stable".into(),
+        result: Ok(RawMetadata {
+            releases: fixture("releases.json").into(),
+            updates: fixture(&format!("updates-history/{revision}.json")).into(),
+            releases_from: "releases.json".into(),
+            updates_from: "updates.json".into(),
+        }),
+    };
+    let mut catalog = Catalog::new(
+        [("stable".to_string(), "test".to_string(), Vec::new())],
+        None,
+    );
+    let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    catalog.apply(event("058"), at);
+    let current = catalog.snapshot().revision;
+    let grpc = upshift_graph::grpc::GraphGrpc::new(catalog.subscribe(), CancellationToken::new());
+    let watch = |since_revision| {
+        grpc.watch_graph(tonic::Request::new(pb::WatchGraphRequest {
+            scopes: Vec::new(),
+            since_revision,
+        }))
+    };
+    let scope_of = |m: pb::WatchGraphResponse| {
+        let g = m.graph.unwrap();
+        let s = g.scope.unwrap();
+        (s.basearch, s.scheme, g.revision)
+    };
+
+    // From scratch: every scope at once.
+    let mut all = watch(0).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = tokio::time::timeout(Duration::from_secs(5), all.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(scope_of(m));
+    }
+    got.sort();
+    let (checksum, oci) = (
+        pb::PayloadScheme::Checksum as i32,
+        pb::PayloadScheme::Oci as i32,
+    );
+    assert_eq!(
+        got,
+        [
+            ("aarch64".to_string(), checksum, current),
+            ("aarch64".to_string(), oci, current),
+            ("x86_64".to_string(), checksum, current),
+            ("x86_64".to_string(), oci, current),
+        ]
+    );
+
+    // Resuming at the current revision: nothing until something changes.
+    let mut resumed = watch(current).await.unwrap().into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), resumed.next())
+            .await
+            .is_err(),
+        "nothing new since {current}"
+    );
+    catalog.apply(event("026"), at);
+    let m = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+        .await
+        .expect("the new revision")
+        .unwrap()
+        .unwrap();
+    assert!(scope_of(m).2 > current);
+}
