@@ -208,6 +208,13 @@ async fn dead_end_hint_writes_the_notice() {
         .unwrap()
         .clone();
     assert_eq!(st.dead_end.as_deref(), Some("see issue 42"));
+    // The metrics socket's dump says so too.
+    let metrics = st.render_metrics();
+    assert!(
+        metrics.contains("upshift_agent_deadend 1\n")
+            && metrics.contains("upshift_agent_state{state=\"dead-end\"} 1\n"),
+        "{metrics}"
+    );
     assert!(
         std::fs::read_to_string(&motd)
             .unwrap()
