@@ -94,7 +94,7 @@ fn health_checks_call_the_grpc_health_service() -> Result<()> {
         );
     }
     // The command line parses and reports an unreachable service with the
-    // documented exit code 3 (2 would be a usage error).
+    // documented exit code 3 (64 would be a usage error).
     let output = run(
         "upshift",
         &["health".to_string(), format!("http://127.0.0.1:{closed}")],
