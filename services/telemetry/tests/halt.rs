@@ -432,6 +432,62 @@ async fn outages_while_staged_do_not_halt() {
     policy.stop.cancel();
 }
 
+/// `[halt.streams.stable] enabled = false`: half of the attempts failing
+/// (twice the default rule's ratio) halts nothing; the failures still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_halts_disabled_is_never_halted() {
+    let clock = ScaledClock::shared(UNIX_EPOCH + Duration::from_secs(1000 + 3000), 1.0);
+    let store = harness::mem_store();
+    let policy = start_policy(store.clone(), clock.clone()).await;
+    let cfg = format!(
+        "{}\n[halt.streams.stable]\nenabled = false\n",
+        telemetry_config(&policy.url)
+    );
+    let t = Server::start(&cfg, store.clone(), clock).await;
+    let mut client = t.client().await;
+    for i in 0..10 {
+        let mut a = Agent::connect(&mut client).await;
+        let id = format!("h{i}");
+        a.report(status(
+            &id,
+            "default",
+            "1.0",
+            "2.0",
+            AgentState::Staging,
+            "",
+        ))
+        .await
+        .unwrap();
+        if i % 2 == 0 {
+            let st = status(
+                &id,
+                "default",
+                "1.0",
+                "2.0",
+                AgentState::UpdateAvailable,
+                "staging-failed",
+            );
+            a.report(st).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(halts_stored(&store).await, 0);
+    assert!(!rollout(&policy.url).await.paused);
+    let m = parse(&t.scrape().await);
+    assert_eq!(
+        sum(
+            &m,
+            "upshift_telemetry_update_failures_total",
+            &[("target_version", "2.0")]
+        ),
+        5.0
+    );
+    assert_eq!(sum(&m, "upshift_telemetry_pause_calls_total", &[]), 0.0);
+    assert!(t.summary(pb::HostFilter::default()).await.halts.is_empty());
+    t.stop().await;
+    policy.stop.cancel();
+}
+
 /// While the policy service is down the pause is retried until it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_is_retried_until_the_policy_answers() {
