@@ -682,3 +682,57 @@ async fn watch_graph_of_all_scopes_resumes_after_since_revision() {
         .unwrap();
     assert!(scope_of(m).2 > current);
 }
+
+/// `--metadata` is repeatable: each directory adds its streams (one
+/// subdirectory each), and together they are enough to run the service.
+#[tokio::test]
+async fn repeated_metadata_flags_add_their_streams_together() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (root, stream) in [(&a, "stable"), (&b, "testing")] {
+        let dir = root.path().join(stream);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("releases.json"), fixture("releases.json")).unwrap();
+        std::fs::write(
+            dir.join("updates.json"),
+            fixture("updates-history/026.json"),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(b.path().join("not-a-stream")).unwrap();
+    let mut config = GraphConfig::default();
+    for root in [&a, &b] {
+        config
+            .add_metadata_flag(root.path().to_str().unwrap(), &[])
+            .unwrap();
+    }
+    assert_eq!(
+        config.streams.keys().collect::<Vec<_>>(),
+        ["stable", "testing"]
+    );
+    let (url, _shutdown) = host(&config).await;
+    let mut client = GraphServiceClient::connect(url).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..500 {
+        let scopes = client
+            .list_scopes(pb::ListScopesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .scopes;
+        streams = scopes
+            .into_iter()
+            .map(|s| s.scope.unwrap().stream)
+            .collect();
+        streams.dedup();
+        if streams.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(streams, ["stable", "testing"]);
+    let empty = tempfile::tempdir().unwrap();
+    let err = config
+        .add_metadata_flag(empty.path().to_str().unwrap(), &[])
+        .unwrap_err();
+    assert!(err.contains("no subdirectory holds both"), "{err}");
+}
