@@ -250,3 +250,48 @@ fn summary_paging_and_ageing() {
     f.remove("h00");
     assert_eq!(f.oldest_seen(), Some(epoch_ms(at(1))));
 }
+
+#[test]
+fn filters_match_stream_version_state_and_group() {
+    let mut f = Fleet::new();
+    let mut put = |id: &str, stream: &str, group: &str, booted: &str, state: AgentState| {
+        let status = StatusRecord {
+            node_uuid: id.into(),
+            stream: stream.into(),
+            group: group.into(),
+            booted_version: booted.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let (rec, _) = apply_status(f.get(id), status, at(0));
+        f.put(rec);
+    };
+    put("a", "stable", "web", "1", AgentState::Idle);
+    put("b", "stable", "db", "1", AgentState::Staging);
+    put("c", "testing", "web", "2", AgentState::Idle);
+    put("d", "testing", "db", "1", AgentState::Idle);
+    let hour = Duration::from_secs(3600);
+    let ids = |filter: pb::HostFilter| -> Vec<String> {
+        let (page, _) = f.page(&filter, "", 100, at(1), hour);
+        page.iter()
+            .map(|h| h.status.as_ref().unwrap().node_uuid.clone())
+            .collect()
+    };
+    let filter = |stream: &str, version: &str, state: AgentState, group: &str| pb::HostFilter {
+        stream: stream.into(),
+        version: version.into(),
+        state: state as i32,
+        group: group.into(),
+        include_stale: false,
+    };
+    let any = AgentState::Unspecified;
+    assert_eq!(ids(filter("", "", any, "")), ["a", "b", "c", "d"]);
+    assert_eq!(ids(filter("testing", "", any, "")), ["c", "d"]);
+    assert_eq!(ids(filter("", "1", any, "")), ["a", "b", "d"]);
+    assert_eq!(ids(filter("", "", AgentState::Staging, "")), ["b"]);
+    assert_eq!(ids(filter("", "", any, "web")), ["a", "c"]);
+    assert_eq!(ids(filter("testing", "1", AgentState::Idle, "db")), ["d"]);
+    let s = f.summary(&filter("testing", "", any, ""), at(1), hour);
+    assert_eq!(s.total_hosts, 2);
+    assert!(s.counts.iter().all(|c| c.stream == "testing"), "{s:?}");
+}
