@@ -242,3 +242,43 @@ stores::on_each_store!(
     reconcile_on,
     slots_are_reconciled_at_start_and_shrinking_keeps_holders
 );
+
+/// A group record that cannot be decoded is reported, not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_500_store_corrupt_and_left_alone() {
+    use upshift_store::{Op, Txn};
+    let store = harness::mem_store();
+    let key = Keys::new(StoreLayout::Upshift, store.key_prefix()).group_key("default");
+    store
+        .clone()
+        .root()
+        .txn(Txn::new().then(Op::put(key.clone(), "{not a record")))
+        .await
+        .unwrap();
+    let s = Server::start(
+        "[groups.other]\nslots = 1\n[default]\nslots = 1\n",
+        store.clone(),
+        SystemClock::shared(),
+    )
+    .await;
+    for endpoint in ["pre-reboot", "steady-state"] {
+        let (st, kind, ct) = fleetlock(&s, endpoint, "a", "default").await;
+        assert_eq!(
+            (st, kind.as_str(), ct.as_deref()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_corrupt",
+                Some("application/json")
+            ),
+            "{endpoint}"
+        );
+    }
+    let raw = store.clone().root().get(&key).await.unwrap().unwrap().value;
+    assert_eq!(raw, b"{not a record");
+    assert_eq!(
+        fleetlock(&s, "pre-reboot", "a", "other").await.0,
+        StatusCode::OK,
+        "other groups are unaffected"
+    );
+    s.stop().await;
+}
