@@ -261,3 +261,51 @@ async fn max_age_shutdown_and_overload_send_reconnect() {
     };
     assert_eq!(r.reason, "shutdown");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_freeze_and_unfreeze_reach_open_streams_once() {
+    let clock = ScaledClock::shared(at(9000.0), 1.0);
+    let svc = start(
+        &config(Duration::from_secs(60), 10 * HOUR),
+        MemoryStore::shared(),
+        clock,
+        CancellationToken::new(),
+    );
+    svc.publish(key(), 1, rollout_graph());
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let mut s = svc
+            .hub
+            .subscribe(identity("p1.0", None, &format!("f{i}")), String::new());
+        assert_eq!(
+            target_of(&hint(next_event(&mut s).await.unwrap().0)),
+            Some("2.0")
+        );
+        streams.push(s);
+    }
+    svc.control
+        .freeze("stable", "incident", "ops")
+        .await
+        .unwrap();
+    for s in &mut streams {
+        let h = hint(next_event(s).await.unwrap().0);
+        assert_eq!(no_update(&h), pb::NoUpdateReason::Frozen);
+        let pb::update_hint::Decision::NoUpdate(n) = h.decision.unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(n.detail, "incident");
+    }
+    // Freezing again changes nothing: no second push.
+    svc.control.freeze("stable", "again", "ops").await.unwrap();
+    for s in &mut streams {
+        let msg = s.next().await.unwrap().unwrap();
+        assert!(matches!(msg.event, Some(Event::Keepalive(_))), "{msg:?}");
+    }
+    svc.control.unfreeze("stable", "over", "ops").await.unwrap();
+    for s in &mut streams {
+        assert_eq!(
+            target_of(&hint(next_event(s).await.unwrap().0)),
+            Some("2.0")
+        );
+    }
+}
