@@ -121,6 +121,8 @@ async fn pause_until_accepted(
     cause: &tracing::Span,
 ) {
     let mut backoff = Duration::from_millis(500);
+    // The error last written to the record (written again only when it changes).
+    let mut recorded: Option<String> = None;
     loop {
         let span = tracing::info_span!(
             parent: cause,
@@ -162,6 +164,14 @@ async fn pause_until_accepted(
                     retry_in = ?backoff,
                     "cannot pause the halted rollout; retrying"
                 );
+                let error = format!("{:?}: {}", status.code(), status.message());
+                if recorded.as_deref() != Some(error.as_str()) {
+                    update_halt(svc, &halt.stream, &halt.version, |h| {
+                        h.last_error = Some(error.clone());
+                    })
+                    .await;
+                    recorded = Some(error);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

@@ -182,6 +182,13 @@ async fn halts_stored(store: &SharedStore) -> usize {
     store.list("telemetry/halts/").await.unwrap().0.len()
 }
 
+/// The one stored halt record.
+async fn halt_record(store: &SharedStore) -> upshift_telemetry::record::HaltRecord {
+    let (kvs, _) = store.list("telemetry/halts/").await.unwrap();
+    assert_eq!(kvs.len(), 1);
+    upshift_telemetry::record::HaltRecord::decode(&kvs[0].value).unwrap()
+}
+
 /// Audit records of the halt's pause (a halt withdraws the release: `PauseMode::Withdraw`).
 async fn pause_audits(store: &SharedStore) -> usize {
     let (kvs, _) = store.list("policy/audit/").await.unwrap();
@@ -526,6 +533,15 @@ async fn pause_is_retried_until_the_policy_answers() {
     })
     .await;
     assert_eq!(halts_stored(&store).await, 1);
+    // The record says why the pause is not in force yet.
+    eventually("the pause error on the halt record", || async {
+        halt_record(&store)
+            .await
+            .last_error
+            .is_some_and(|e| e.starts_with("Unavailable"))
+    })
+    .await;
+    assert_eq!(halt_record(&store).await.paused_at_ms, None);
 
     let mut config = PolicyConfig::default();
     config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -552,6 +568,11 @@ async fn pause_is_retried_until_the_policy_answers() {
         rollout(&url).await.paused
     })
     .await;
+    eventually("the accepted pause on the halt record", || async {
+        halt_record(&store).await.paused_at_ms.is_some()
+    })
+    .await;
+    assert_eq!(halt_record(&store).await.last_error, None);
     t.stop().await;
 }
 
