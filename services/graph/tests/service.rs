@@ -736,3 +736,70 @@ async fn repeated_metadata_flags_add_their_streams_together() {
         .unwrap_err();
     assert!(err.contains("no subdirectory holds both"), "{err}");
 }
+
+/// An origin that sends `Last-Modified` and no ETag is revalidated with
+/// `If-Modified-Since`: its files are fetched in full once.
+#[tokio::test]
+async fn polled_urls_without_etags_use_if_modified_since() {
+    const MODIFIED: &str = "Wed, 21 Oct 2025 07:28:00 GMT";
+    let full = Arc::new(AtomicUsize::new(0));
+    let revalidated = Arc::new(AtomicUsize::new(0));
+    let route = |body: Vec<u8>| {
+        let (full, revalidated) = (full.clone(), revalidated.clone());
+        axum::routing::get(move |headers: HeaderMap| {
+            let (body, full, revalidated) = (body.clone(), full.clone(), revalidated.clone());
+            async move {
+                if headers
+                    .get(header::IF_MODIFIED_SINCE)
+                    .is_some_and(|v| v == MODIFIED)
+                {
+                    revalidated.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+                full.fetch_add(1, Ordering::SeqCst);
+                ([(header::LAST_MODIFIED, MODIFIED)], body).into_response()
+            }
+        })
+    };
+    let app = axum::Router::new()
+        .route("/stable/releases.json", route(fixture("releases.json")))
+        .route(
+            "/stable/updates.json",
+            route(fixture("updates-history/026.json")),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = GraphConfig::default();
+    config
+        .add_metadata_flag(&base, &["stable".to_string()])
+        .unwrap();
+    config.streams.get_mut("stable").unwrap().poll_interval = Some(Duration::from_millis(100));
+    let (url, _shutdown) = host(&config).await;
+    let mut client = GraphServiceClient::connect(url).await.unwrap();
+    let mut loaded = false;
+    for _ in 0..250 {
+        if client
+            .get_graph(pb::GetGraphRequest { scope: Some(x86()) })
+            .await
+            .is_ok()
+        {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(loaded, "the polled stream never loaded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        full.load(Ordering::SeqCst),
+        2,
+        "each file fetched in full once"
+    );
+    assert!(
+        revalidated.load(Ordering::SeqCst) >= 4,
+        "both files revalidated on later polls: {}",
+        revalidated.load(Ordering::SeqCst)
+    );
+}
