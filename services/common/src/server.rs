@@ -213,7 +213,8 @@ impl ServiceHostBuilder {
                     StatusCode::REQUEST_TIMEOUT,
                     self.request_timeout,
                 ))
-                .layer(RequestBodyLimitLayer::new(self.max_request_bytes)),
+                .layer(RequestBodyLimitLayer::new(self.max_request_bytes))
+                .layer(axum::middleware::map_response(json_limit_errors)),
             &self.metrics,
         );
         Ok(grpc.merge(http).fallback(fallback))
@@ -234,6 +235,26 @@ async fn fallback(req: http::Request<axum::body::Body>) -> axum::response::Respo
         crate::http_error::ApiError::new(StatusCode::NOT_FOUND, "not_found", req.uri().path())
             .into_response()
     }
+}
+
+/// The body limit and timeout layers answer in plain text (or not at all);
+/// every Upshift HTTP API answers errors as JSON `{kind, value}`.
+async fn json_limit_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let (kind, value) = match resp.status() {
+        _ if is_json => return resp,
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            "the request body exceeds the server's limit",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
+        _ => return resp,
+    };
+    crate::http_error::ApiError::new(resp.status(), kind, value).into_response()
 }
 
 async fn readyz(readiness: Readiness) -> (StatusCode, String) {

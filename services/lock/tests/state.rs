@@ -282,3 +282,45 @@ async fn a_corrupt_record_is_500_store_corrupt_and_left_alone() {
     );
     s.stop().await;
 }
+
+/// A body announced over the server-wide limit (`[server]
+/// max_request_bytes`, 4 MiB) is refused before FleetLock reads it, with the
+/// same JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_server_limit_is_a_json_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(
+        "[groups.default]\nslots = 1\n",
+        harness::mem_store(),
+        SystemClock::shared(),
+    )
+    .await;
+    // Only the head: the server answers from Content-Length alone.
+    let head = format!(
+        "POST /v1/pre-reboot HTTP/1.1\r\nhost: {}\r\nfleet-lock-protocol: true\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        s.addr,
+        5 << 20
+    );
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(response.starts_with("http/1.1 413"), "{response}");
+    assert!(
+        response.contains("content-type: application/json"),
+        "{response}"
+    );
+    assert!(
+        response.contains(r#"{"kind":"body_too_large","value":"#),
+        "{response}"
+    );
+    s.stop().await;
+}

@@ -372,3 +372,66 @@ async fn grpcurl_lists_advertised_services() {
     srv.stop.cancel();
     srv.handle.await.unwrap().unwrap();
 }
+
+/// Requests stopped by the body limit or the timeout get the same JSON
+/// error body as every other HTTP error.
+#[tokio::test]
+async fn body_limit_and_timeout_errors_are_json() {
+    let builder = ServiceHost::builder("test", Metrics::new("test"), SystemClock::shared());
+    let settings = ServerSettings {
+        max_request_bytes: 1024,
+        request_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let routes = Router::new()
+        .route(
+            "/echo",
+            axum::routing::post(|body: bytes::Bytes| async move { body }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+    let bound = builder
+        .http(routes)
+        .settings(&settings)
+        .bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let base = format!("http://{}", bound.local_addr());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(bound.serve(async move { s.cancelled().await }));
+    let http = reqwest::Client::new();
+
+    let ok = http
+        .post(format!("{base}/echo"))
+        .body(vec![b'x'; 512])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    for (request, status, kind) in [
+        (
+            http.post(format!("{base}/echo")).body(vec![b'x'; 4096]),
+            413,
+            "body_too_large",
+        ),
+        (http.get(format!("{base}/slow")), 408, "request_timeout"),
+    ] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let text = r.text().await.unwrap();
+        let prefix = format!(r#"{{"kind":"{kind}","value":""#);
+        assert!(
+            text.starts_with(&prefix) && text.len() > prefix.len() + 2,
+            "{text}"
+        );
+    }
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
