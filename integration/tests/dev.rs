@@ -176,8 +176,24 @@ async fn the_printed_addresses_answer_including_the_bridge() -> Result<()> {
         ))
         .await?;
         anyhow::ensure!(whole.status() == 200, "graph /v1/graph: {}", whole.status());
+        // The guide's grpcurl line, through reflection.
+        let scopes = upshift_integration::tools::grpcurl(&[
+            &graph_addr,
+            "upshift.graph.v1.GraphService/ListScopes",
+        ])?;
+        anyhow::ensure!(scopes.contains("\"stable\""), "{scopes}");
         let policy = printed_address(&guide, "policy").context("policy address")?;
         let bridge = printed_address(&guide, "bridge").context("bridge address")?;
+        // The guide's `curl .../metrics | grep upshift_telemetry` finds something.
+        let telemetry = printed_address(&guide, "telemetry").context("telemetry address")?;
+        let metrics = reqwest::get(format!("http://{telemetry}/metrics")).await?;
+        anyhow::ensure!(
+            metrics.status() == 200,
+            "telemetry /metrics: {}",
+            metrics.status()
+        );
+        let metrics = metrics.text().await?;
+        anyhow::ensure!(metrics.contains("upshift_telemetry"), "{metrics}");
         let graph = reqwest::get(format!(
             "http://{policy}/v1/graph?basearch=x86_64&stream=stable&rollout_wariness=1"
         ))
