@@ -72,6 +72,24 @@ pub async fn get_and_list_by_prefix(store: SharedStore) {
     assert!(store.get("zzz").await.unwrap().is_none());
 }
 
+/// The first keys of a prefix and the count of all of them.
+pub async fn list_first_and_count(store: SharedStore) {
+    for key in ["log/3", "log/1", "log/2", "logs", "m"] {
+        put(&store, key, &format!("v-{key}")).await;
+    }
+    let (first, total) = store.list_first("log/", 2).await.unwrap();
+    assert_eq!((keys(&first), total), (vec!["log/1", "log/2"], 3));
+    assert_eq!(first[1].value, b"v-log/2");
+    let (none, total) = store.list_first("log/", 0).await.unwrap();
+    assert_eq!((none.len(), total), (0, 3));
+    let (all, total) = store.list_first("log", 10).await.unwrap();
+    assert_eq!(
+        (keys(&all), total),
+        (vec!["log/1", "log/2", "log/3", "logs"], 4)
+    );
+    assert_eq!(store.list_first("n", 5).await.unwrap(), (Vec::new(), 0));
+}
+
 /// Create and mod revisions; the store revision moves once per write txn.
 pub async fn revisions(store: SharedStore) {
     let r1 = put(&store, "k", "1").await;

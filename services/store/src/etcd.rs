@@ -348,6 +348,38 @@ impl Store for EtcdStore {
         Ok((kvs, header_revision(resp.header())))
     }
 
+    async fn list_first(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, usize), StoreError> {
+        let full = self.full(prefix);
+        let options = if full.is_empty() {
+            GetOptions::new().with_all_keys()
+        } else {
+            GetOptions::new().with_prefix()
+        };
+        // etcd reads only the values it returns; a limit of 0 means none.
+        let options = match i64::try_from(limit) {
+            Ok(0) => options.with_count_only(),
+            Ok(limit) => options.with_limit(limit),
+            Err(_) => options,
+        };
+        let resp = self
+            .call(None, || {
+                let (mut kv, full, options) =
+                    (self.client.kv_client(), full.clone(), options.clone());
+                async move { kv.get(full, Some(options)).await }
+            })
+            .await?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
+        Ok((kvs, usize::try_from(resp.count()).unwrap_or(usize::MAX)))
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let compares: Vec<EtcdCompare> = txn
             .compares

@@ -198,6 +198,20 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// revision the listing reflects (watch from `revision + 1` to follow it).
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;
 
+    /// The first `limit` keys starting with `prefix`, in key order, and how
+    /// many keys start with it in all: the oldest entries of a time-keyed
+    /// log without reading the rest of it.
+    async fn list_first(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, usize), StoreError> {
+        let (mut kvs, _) = self.list(prefix).await?;
+        let total = kvs.len();
+        kvs.truncate(limit);
+        Ok((kvs, total))
+    }
+
     /// Applies a compare-and-swap transaction atomically.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
 

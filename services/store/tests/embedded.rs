@@ -31,6 +31,7 @@ macro_rules! conformance {
 
 conformance!(tokio::test(flavor = "multi_thread", worker_threads = 2) =>
     get_and_list_by_prefix,
+    list_first_and_count,
     revisions,
     compare_and_swap,
     multi_op_atomicity,

@@ -29,6 +29,7 @@ macro_rules! conformance {
 
 conformance!(
     get_and_list_by_prefix,
+    list_first_and_count,
     revisions,
     compare_and_swap,
     multi_op_atomicity,

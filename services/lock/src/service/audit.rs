@@ -25,6 +25,9 @@ const AGE_CHECK: Duration = Duration::from_secs(3600);
 /// Deletes per store transaction (etcd allows 128 operations by default).
 const DELETE_BATCH: usize = 100;
 
+/// Oldest entries read per trimming step.
+const TRIM_PAGE: usize = 1_000;
+
 /// One page of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditPage {
@@ -101,28 +104,53 @@ impl LockService {
 
     /// Removes the audit entries past the retention: all but the newest
     /// `keep`, and those older than `max_age`. Returns how many went.
+    ///
+    /// Keys sort by time, so only the oldest entries can be past it: each
+    /// step reads at most [`TRIM_PAGE`] of them and the count of all. (Reading
+    /// the whole log each time read eleven entries per entry written.)
     pub async fn trim_audit(&self) -> Result<usize, LockError> {
         let retention = self.inner.settings.audit;
         let keys = &self.inner.keys;
-        let (kvs, _) = self
-            .inner
-            .store
-            .list(keys.audit_prefix())
-            .await
-            .map_err(|e| LockError::Unavailable(Some(e)))?;
         let cutoff = epoch_ms(
             self.now()
                 .checked_sub(retention.max_age)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         );
-        let excess = kvs.len().saturating_sub(retention.keep);
-        // Keys sort by time: the oldest come first.
-        let doomed: Vec<&str> = kvs
-            .iter()
-            .enumerate()
-            .filter(|(i, kv)| *i < excess || keys.audit_time(&kv.key).is_some_and(|t| t < cutoff))
-            .map(|(_, kv)| kv.key.as_str())
-            .collect();
+        let mut removed = 0;
+        let mut steps_left: Option<usize> = None;
+        loop {
+            let (oldest, total) = self
+                .inner
+                .store
+                .list_first(keys.audit_prefix(), TRIM_PAGE)
+                .await
+                .map_err(|e| LockError::Unavailable(Some(e)))?;
+            // Bounded by the first count, should deletes not take.
+            let steps = steps_left.get_or_insert(total / TRIM_PAGE + 1);
+            let excess = total.saturating_sub(retention.keep);
+            let doomed: Vec<&str> = oldest
+                .iter()
+                .enumerate()
+                .filter(|(i, kv)| {
+                    *i < excess || keys.audit_time(&kv.key).is_some_and(|t| t < cutoff)
+                })
+                .map(|(_, kv)| kv.key.as_str())
+                .collect();
+            self.delete_audit(&doomed).await?;
+            removed += doomed.len();
+            *steps -= 1;
+            // More can be past the retention only when a full page all went.
+            if doomed.len() < TRIM_PAGE || *steps == 0 {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "audit log trimmed to its retention");
+        }
+        Ok(removed)
+    }
+
+    async fn delete_audit(&self, doomed: &[&str]) -> Result<(), LockError> {
         for batch in doomed.chunks(DELETE_BATCH) {
             let txn = batch
                 .iter()
@@ -132,10 +160,7 @@ impl LockService {
                 LockError::Unavailable(Some(e))
             })?;
         }
-        if !doomed.is_empty() {
-            tracing::info!(removed = doomed.len(), "audit log trimmed to its retention");
-        }
-        Ok(doomed.len())
+        Ok(())
     }
 
     /// Counts entries this instance wrote; wakes the trimmer every `keep / 10`.
