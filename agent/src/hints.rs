@@ -501,4 +501,21 @@ mod tests {
             Hint::Unknown(_)
         ));
     }
+
+    /// Polls of a fleet spread over +-10% of `poll_interval`, so hosts
+    /// started together do not poll the server together.
+    #[test]
+    fn poll_interval_is_spread_by_ten_percent() {
+        let interval = Duration::from_secs(300);
+        let polls: Vec<Duration> = (0..1000).map(|_| jitter(interval)).collect();
+        assert!(
+            polls
+                .iter()
+                .all(|d| (Duration::from_secs(270)..Duration::from_secs(330)).contains(d)),
+            "{polls:?}"
+        );
+        let (min, max) = (polls.iter().min().unwrap(), polls.iter().max().unwrap());
+        assert!(*min < Duration::from_secs(285), "never early: {min:?}");
+        assert!(*max > Duration::from_secs(315), "never late: {max:?}");
+    }
 }
