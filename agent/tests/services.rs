@@ -173,6 +173,38 @@ async fn unreachable_lock_service_means_no_reboot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sessions_check_means_no_reboot_until_it_answers() {
+    let p = policy(Duration::from_secs(1800)).await;
+    p.service.publish(key(), 1, graph(&["1", "2"], &[(0, 1)]));
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(t.path(), &p.url, None);
+    let os = Counting::new(t.path(), &[]);
+    os.sessions_fail.store(true, Ordering::SeqCst);
+    // Gate re-checks (every 10 s) run on a clock 1000 times faster.
+    let mut run = start(&s, &os, fast_clock());
+    let st = run
+        .until("sessions check failed", |s| {
+            s.state == "waiting-for-gates"
+                && s.last_error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == upshift_agent::status::ErrorKind::GateCheckFailed)
+        })
+        .await;
+    assert!(
+        st.last_error.unwrap().message.contains("sessions check"),
+        "the error names the gate"
+    );
+    // Several re-checks later, still no reboot while the check fails.
+    run.until("checked again", |s| s.failures >= 3).await;
+    assert_eq!(os.booted().await.unwrap(), rel("1"));
+    assert_eq!(os.deploys.load(Ordering::SeqCst), 1);
+    // Once logind answers (no one logged in), the host reboots.
+    os.sessions_fail.store(false, Ordering::SeqCst);
+    assert_eq!(run.finished().await, Exit::Rebooted);
+    assert_eq!(os.booted().await.unwrap(), rel("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_end_hint_writes_the_notice() {
     let p = policy(Duration::from_secs(1800)).await;
     let mut dead = node("1", 0);

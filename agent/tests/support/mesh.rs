@@ -224,6 +224,8 @@ pub struct Counting {
     pub hold: Arc<Mutex<Option<Hold>>>,
     /// Calls stopped by the hold so far.
     pub held: Arc<AtomicUsize>,
+    /// The sessions check fails (logind unreachable) while set.
+    pub sessions_fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Counting {
@@ -239,6 +241,7 @@ impl Counting {
             stages: Arc::default(),
             hold: Arc::default(),
             held: Arc::default(),
+            sessions_fail: Arc::default(),
         }
     }
 
@@ -291,6 +294,9 @@ impl OsBackend for Counting {
     }
     async fn active_sessions(&self) -> Result<usize, OsError> {
         self.gate(Hold::Sessions).await;
+        if self.sessions_fail.load(Ordering::SeqCst) {
+            return Err(OsError::Io(std::io::Error::other("logind unreachable")));
+        }
         self.inner.active_sessions().await
     }
 }
