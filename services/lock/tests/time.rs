@@ -143,8 +143,10 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_embedded() {
     lease_expiry_on_paused_time(Arc::new(store)).await;
 }
 
-/// On a real etcd, in real time: a 2 s lease (expiry has a resolution of
-/// one second), renewed once; the whole test takes about 4 s.
+/// On a real etcd, in real time: a 5 s lease (expiry has a resolution of
+/// one second), renewed once after about a second; the whole test takes
+/// about 7 s. The lease is long enough that a keepalive delayed by a loaded
+/// machine still lands before the first expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_etcd() {
     let Some((open, _etcd)) = upshift_store::testing::etcd_opener().await else {
@@ -152,7 +154,7 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_etcd() {
     };
     let clock = SystemClock::shared();
     let (svc, g) = start("[groups.default]\nslots = 1\n", open(), clock.clone()).await;
-    let mut a = acquire(&g, "a", Some(2)).await;
+    let mut a = acquire(&g, "a", Some(5)).await;
     let Some(Event::Granted(h)) = next(&mut a, Duration::from_secs(3)).await else {
         panic!("no grant")
     };
@@ -175,7 +177,7 @@ async fn lease_expiry_frees_a_slot_and_keepalive_extends_it_etcd() {
         "granted before the renewed expiry"
     );
     let granted = loop {
-        match next(&mut b, Duration::from_secs(5)).await {
+        match next(&mut b, Duration::from_secs(10)).await {
             Some(Event::Queued(_)) => continue,
             other => break other,
         }
