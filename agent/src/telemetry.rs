@@ -1,5 +1,7 @@
 //! Status reports to the telemetry service (`upshift.telemetry.v1.Report`,
-//! a bidirectional stream): one report per status change plus a heartbeat,
+//! a bidirectional stream): one report per change of what a report carries
+//! (a status change it does not carry, such as a move in the reboot-lock
+//! queue, sends nothing) plus a heartbeat,
 //! reconnecting with jittered backoff. The task only reads the status
 //! `watch`, so the update path never waits for it; reports that pile up
 //! while disconnected collapse into the latest status.
@@ -49,6 +51,7 @@ pub fn spawn(
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), rng),
         stats: tx,
         seq: 0,
+        last: None,
     };
     tokio::spawn(async move {
         tokio::select! {
@@ -117,6 +120,8 @@ struct Reporter {
     backoff: Backoff,
     stats: watch::Sender<ReporterStats>,
     seq: u64,
+    /// The last report queued, without its observation time.
+    last: Option<pb::HostStatus>,
 }
 
 impl Reporter {
@@ -168,7 +173,9 @@ impl Reporter {
                     if r.is_err() {
                         return Ok(());
                     }
-                    self.send(&tx)?;
+                    if self.changed() {
+                        self.send(&tx)?;
+                    }
                 }
                 _ = tokio::time::sleep_until(self.clock.deadline_for(self.clock.now() + self.interval)) => {
                     self.send(&tx)?;
@@ -182,17 +189,31 @@ impl Reporter {
         }
     }
 
+    /// Whether the current status would report something other than the
+    /// last report queued (its observation time aside).
+    fn changed(&mut self) -> bool {
+        let st = self.status.borrow_and_update().clone();
+        let mut h = host_status(&self.base, &st, SystemTime::UNIX_EPOCH);
+        h.observed_at = None;
+        self.last.as_ref() != Some(&h)
+    }
+
     /// Queues the current status; a full queue drops it (the next change or
     /// heartbeat carries a newer one).
     fn send(&mut self, tx: &mpsc::Sender<pb::ReportRequest>) -> Result<(), String> {
         let st = self.status.borrow_and_update().clone();
         self.seq += 1;
+        let status = host_status(&self.base, &st, self.clock.now());
         let msg = pb::ReportRequest {
             sequence: self.seq,
-            status: Some(host_status(&self.base, &st, self.clock.now())),
+            status: Some(status.clone()),
         };
         match tx.try_send(msg) {
             Ok(()) => {
+                self.last = Some(pb::HostStatus {
+                    observed_at: None,
+                    ..status
+                });
                 self.stats.send_modify(|s| s.sent += 1);
                 Ok(())
             }
@@ -205,6 +226,47 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporter(status: watch::Receiver<Status>) -> Reporter {
+        Reporter {
+            url: String::new(),
+            tls: None,
+            base: pb::HostStatus::default(),
+            interval: Duration::from_secs(60),
+            status,
+            clock: upshift_common::clock::SystemClock::shared(),
+            backoff: Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Box::new(|| 0.5),
+            ),
+            stats: watch::channel(ReporterStats::default()).0,
+            seq: 0,
+            last: None,
+        }
+    }
+
+    #[test]
+    fn only_changes_a_report_carries_are_sent() {
+        let (set, status) = watch::channel(Status::starting(SystemTime::UNIX_EPOCH));
+        let mut r = reporter(status);
+        let (tx, mut rx) = mpsc::channel(4);
+        assert!(r.changed(), "nothing reported yet");
+        r.send(&tx).unwrap();
+        assert!(!r.changed(), "the same status again");
+        // A move in the lock queue is not in the report.
+        set.send_modify(|s| s.lock_queue_position = Some(7));
+        assert!(!r.changed());
+        set.send_modify(|s| s.lock_held = true);
+        assert!(r.changed());
+        r.send(&tx).unwrap();
+        set.send_modify(|s| s.state = "rebooting");
+        assert!(r.changed());
+        let sent: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(sent.len(), 2);
+        assert!(sent[1].status.as_ref().unwrap().lock_held);
+        assert!(sent[1].status.as_ref().unwrap().observed_at.is_some());
+    }
 
     #[test]
     fn every_state_label_maps() {
