@@ -176,7 +176,7 @@ pub async fn run_with<O: OsBackend>(
         (rt.rng)(),
         cancel.clone(),
     );
-    let lock = RebootLock::new(settings, &ident.node_uuid)?;
+    let lock = RebootLock::new(settings, &ident.node_uuid, rt.clock.clone())?;
     // Counters carry over a simulated reboot (same runtime).
     let (updates, failures, base_checks, last_error) = carried_over(&rt.status.borrow());
     let now = rt.clock.now();
@@ -254,13 +254,14 @@ impl<O: OsBackend> Driver<'_, O> {
         loop {
             let now = self.clock.now();
             let (next, actions) = transition(&self.state, &event, now)?;
-            tracing::info!(
-                from = state_name(&self.state),
-                ?event,
-                to = state_name(&next),
-                "transition"
-            );
-            if state_name(&next) != state_name(&self.state) {
+            let (from, to) = (state_name(&self.state), state_name(&next));
+            if from == to && matches!(event, Event::RetryDue | Event::GatesRefused) {
+                // Re-checks while waiting (every move in the lock queue).
+                tracing::debug!(from, ?event, to, "transition");
+            } else {
+                tracing::info!(from, ?event, to, "transition");
+            }
+            if to != from {
                 self.state_since = now;
             }
             self.state = next;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+use upshift_common::clock::SharedClock;
 use upshift_proto::lock::v1 as pb;
 use upshift_proto::lock::v1::lock_service_client::LockServiceClient;
 
@@ -91,6 +92,9 @@ pub struct RebootLock {
     acquiring: Option<(watch::Receiver<Acquiring>, JoinHandle<()>)>,
     keepalive: Option<JoinHandle<()>>,
     lost: Arc<AtomicBool>,
+    /// The clock the lease runs on (scaled in the dev mesh): keepalives
+    /// are timed by it, so a lease never expires between two of them.
+    clock: SharedClock,
 }
 
 impl Drop for RebootLock {
@@ -100,8 +104,9 @@ impl Drop for RebootLock {
 }
 
 impl RebootLock {
-    /// The lock of `settings.lock_kind` for node `id`.
-    pub fn new(settings: &Settings, id: &str) -> Result<Self, LockError> {
+    /// The lock of `settings.lock_kind` for node `id`, keeping leases alive
+    /// on `clock`.
+    pub fn new(settings: &Settings, id: &str, clock: SharedClock) -> Result<Self, LockError> {
         let url = settings.lock_url.clone().unwrap_or_default();
         let grpc = match settings.lock_kind {
             LockKind::Grpc => Some(LockServiceClient::new(
@@ -125,6 +130,7 @@ impl RebootLock {
             acquiring: None,
             keepalive: None,
             lost: Arc::new(AtomicBool::new(false)),
+            clock,
         })
     }
 
@@ -236,11 +242,12 @@ impl RebootLock {
         let every = (self.ttl / 3).max(Duration::from_millis(100));
         let lost = self.lost.clone();
         lost.store(false, Ordering::SeqCst);
+        let clock = self.clock.clone();
         // Keepalives join the caller's trace without keeping its span open.
         let parent = crate::trace::traceparent(&tracing::Span::current());
         self.keepalive = Some(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep_until(clock.deadline_for(clock.now() + every)).await;
                 let mut req = tonic::Request::new(pb::KeepaliveRequest {
                     id: id.clone(),
                     group: group.clone(),

@@ -140,6 +140,35 @@ async fn hint_stream_reconnects_with_its_resume_token() {
     cancel.cancel();
 }
 
+/// Keepalives are timed on the agent's clock, the one the lease runs on:
+/// on a clock 100 times faster (the dev mesh runs faster still), a 60 s
+/// lease is 0.6 s of real time, and the slot is still held after more than
+/// three lease lengths. Timed in real time (10 s apart), it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_is_kept_alive_on_the_agent_clock() {
+    use upshift_agent::lock::{LockCheck, RebootLock};
+    let now = upshift_common::clock::Clock::now(&SystemClock);
+    let clock = upshift_common::clock::ScaledClock::shared(now, 100.0);
+    let l = lock_on(clock.clone()).await;
+    let t = tempfile::tempdir().unwrap();
+    let mut s = settings(t.path(), &closed_url(), Some(&l.url));
+    s.lock_ttl = Duration::from_secs(60);
+    let mut lock = RebootLock::new(&s, "agent-1", clock).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !matches!(lock.acquire().await.unwrap(), LockCheck::Held) {
+            lock.changed().await;
+        }
+    })
+    .await
+    .expect("granted");
+    // 200 simulated seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(lock.held());
+    assert_eq!(l.holders().await, vec!["agent-1".to_string()]);
+    lock.release().await.unwrap();
+    assert!(l.holders().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_lock_service_means_no_reboot() {
     let p = policy(Duration::from_secs(1800)).await;

@@ -31,6 +31,7 @@ enum Gate {
 impl<O: OsBackend> Driver<'_, O> {
     pub(super) async fn check_gates(&mut self) -> Result<Event, DriverError> {
         let now = self.clock.now();
+        let was_queued = self.queue_position.is_some();
         match self.gates(now).await {
             Ok(Gate::Pass) => {
                 self.trace.gates_passed();
@@ -41,7 +42,13 @@ impl<O: OsBackend> Driver<'_, O> {
                 Ok(Event::GatesPassed)
             }
             Ok(Gate::Wait(why, retry)) => {
-                tracing::info!(%why, "reboot postponed");
+                // A move in the lock queue is not news: one info line when
+                // the wait begins or its reason changes.
+                if was_queued && self.queue_position.is_some() {
+                    tracing::debug!(%why, "reboot postponed");
+                } else {
+                    tracing::info!(%why, "reboot postponed");
+                }
                 self.waiting_for = why;
                 self.retry_at = retry;
                 Ok(Event::GatesRefused)

@@ -171,6 +171,11 @@ impl Lock {
 }
 
 pub async fn lock() -> Lock {
+    lock_on(SystemClock::shared()).await
+}
+
+/// A lock service whose leases run on `clock`.
+pub async fn lock_on(clock: SharedClock) -> Lock {
     let dir = tempfile::tempdir().unwrap();
     let store: upshift_store::SharedStore = Arc::new(
         upshift_store::embedded::EmbeddedStore::open(&dir.path().join("lock.redb")).unwrap(),
@@ -184,7 +189,7 @@ pub async fn lock() -> Lock {
         &server,
         cfg.validate().unwrap(),
         store,
-        SystemClock::shared(),
+        clock,
         Metrics::new("lock-test"),
         AdminAuth::new(None, vec![]),
     )
