@@ -219,8 +219,10 @@ async fn mesh(args: DevArgs) -> anyhow::Result<()> {
     )
     .await?;
     let lock_addr = lock.local_addr();
+    let heartbeat = fleet::heartbeat(args.speed);
     let telemetry = start_telemetry(
         policy_addr,
+        heartbeat,
         settings(port(3), "telemetry"),
         &token,
         store.clone(),
@@ -264,6 +266,7 @@ async fn mesh(args: DevArgs) -> anyhow::Result<()> {
         addresses: addresses.clone(),
         initial,
         fail: args.fail.clone(),
+        heartbeat,
         clock: clock.clone(),
         cancel: shutdown.clone(),
     })?;
@@ -375,15 +378,18 @@ async fn start_lock(
 
 async fn start_telemetry(
     policy: SocketAddr,
+    heartbeat: Duration,
     server: ServerSettings,
     token: &str,
     store: SharedStore,
     clock: SharedClock,
 ) -> anyhow::Result<BoundServer> {
-    // A host that has not reported for 30 simulated minutes is stale; a
-    // release halts when over 20% of at least 5 attempting hosts failed.
+    // A host that has not reported for 30 simulated minutes (or five
+    // heartbeats, when they are further apart) is stale; a release halts
+    // when over 20% of at least 5 attempting hosts failed.
+    let stale_after = (heartbeat * 5).max(Duration::from_secs(1800)).as_secs();
     let mut config: TelemetryConfig = parse_toml(&format!(
-        "stale_after = \"30m\"\n\
+        "stale_after = \"{stale_after}s\"\n\
          [policy]\nurl = \"http://{policy}\"\nadmin_token = \"{token}\"\n\
          [halt.default]\nmax_failure_ratio = 0.2\nmin_attempts = 5\n"
     ))

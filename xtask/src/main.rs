@@ -2,8 +2,9 @@
 //!
 //! - `test`: provides every tool the suite needs (protoc, etcd, promtool,
 //!   grpcurl, dbus-daemon), then runs all tests of the workspace.
-//! - `dev`: builds `upshift` and runs `upshift dev` (the whole mesh on the
-//!   bundled fixtures).
+//! - `dev [--release] [-- upshift dev args]`: builds `upshift` (optimized
+//!   with `--release`, for fleets of thousands) and runs `upshift dev` (the
+//!   whole mesh on the bundled fixtures).
 //! - `bench <graph|lock|...>`: builds in release mode and runs a benchmark
 //!   that prints and saves its figures under `target/bench/`.
 //! - `lint`: `cargo fmt --check` and `cargo clippy --all-targets -- -D
@@ -39,7 +40,7 @@ fn run() -> Result<()> {
         "tools" => tools::Tools::provide().map(|t| t.print()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|dev [upshift dev args]|bench <name>|lint|tools>"
+                "usage: cargo xtask <test [cargo test args]|dev [--release] [-- upshift dev args]|bench <name>|lint|tools>"
             );
             bail!("unknown task {task:?}")
         }
@@ -81,8 +82,21 @@ fn lint() -> Result<()> {
 /// Builds and runs the dev mesh.
 fn dev(extra: &[String]) -> Result<()> {
     let tools = tools::Tools::provide_build_only()?;
-    tools.cargo(&["build", "--bin", "upshift"])?;
-    let bin = tools::target_dir().join("debug").join("upshift");
+    // `cargo xtask dev --release -- ...`: an optimized build; what follows
+    // (an optional `--`) goes to `upshift dev`.
+    let release = extra.first().is_some_and(|a| a == "--release");
+    let extra = &extra[usize::from(release)..];
+    let extra = match extra.first() {
+        Some(a) if a == "--" => &extra[1..],
+        _ => extra,
+    };
+    let profile = if release { "release" } else { "debug" };
+    let mut build = vec!["build", "--bin", "upshift"];
+    if release {
+        build.push("--release");
+    }
+    tools.cargo(&build)?;
+    let bin = tools::target_dir().join(profile).join("upshift");
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("dev");
     cmd.arg("--fixtures")

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -32,6 +33,8 @@ pub struct FleetOptions {
     pub initial: Release,
     /// Failure scenario.
     pub fail: Option<FailSpec>,
+    /// Simulated time between two telemetry heartbeats of an agent.
+    pub heartbeat: Duration,
     /// The mesh clock.
     pub clock: SharedClock,
     /// Stops every agent.
@@ -89,7 +92,7 @@ impl Fleet {
                 .fail
                 .as_ref()
                 .filter(|f| fails_here(index, options.agents, f.percent));
-            write_config(&root, index, &options.addresses, fails)?;
+            write_config(&root, index, options, fails)?;
             let settings = upshift_agent::app::load_settings(&root).map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 anyhow::anyhow!("agent configuration: {}", lines.join("; "))
@@ -173,12 +176,22 @@ pub fn node_uuid(index: u32) -> String {
     hex::encode(&digest[..16])
 }
 
+/// Simulated time between telemetry heartbeats at clock `speed`: the
+/// agents' 60 s default, or one real second when the clock runs faster
+/// than 60 times real time (a heartbeat every 60 simulated seconds of 2,000
+/// hosts at x2880 is 96,000 reports a second, more than one embedded store
+/// writes).
+pub fn heartbeat(speed: f64) -> Duration {
+    Duration::from_secs_f64(speed.clamp(60.0, 86_400.0))
+}
+
 fn write_config(
     root: &Path,
     index: u32,
-    addresses: &Addresses,
+    options: &FleetOptions,
     fails: Option<&FailSpec>,
 ) -> anyhow::Result<()> {
+    let addresses = &options.addresses;
     let dir = root.join("etc/upshift/agent.d");
     std::fs::create_dir_all(&dir)?;
     let fail_versions = fails
@@ -204,6 +217,7 @@ fn write_config(
          \n\
          [telemetry]\n\
          url = \"http://{telemetry}\"\n\
+         interval = \"{heartbeat}s\"\n\
          \n\
          [os]\n\
          backend = \"simulated\"\n\
@@ -212,6 +226,7 @@ fn write_config(
         policy = addresses.policy,
         lock = addresses.lock,
         telemetry = addresses.telemetry,
+        heartbeat = options.heartbeat.as_secs(),
     );
     std::fs::write(dir.join("50-dev.toml"), config)?;
     Ok(())
@@ -262,6 +277,15 @@ fn x86_releases(stream_dir: &Path) -> anyhow::Result<Vec<Release>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeats_are_at_most_one_a_real_second() {
+        assert_eq!(heartbeat(1.0), Duration::from_secs(60));
+        assert_eq!(heartbeat(60.0), Duration::from_secs(60));
+        assert_eq!(heartbeat(600.0), Duration::from_secs(600));
+        assert_eq!(heartbeat(2880.0), Duration::from_secs(2880));
+        assert_eq!(heartbeat(1e9), Duration::from_secs(86_400));
+    }
 
     #[test]
     fn failing_share_is_spread_and_exact() {
