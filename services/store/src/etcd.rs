@@ -267,6 +267,36 @@ impl EtcdStore {
             .map_err(|e| e.into_store(lease))
     }
 
+    /// Reads the keys starting with `prefix` (every key when both it and
+    /// the key prefix are empty), with `options` adding to the range
+    /// options; the keys and the response they came in.
+    async fn range(
+        &self,
+        prefix: &str,
+        options: impl FnOnce(GetOptions) -> GetOptions,
+    ) -> Result<(Vec<KeyValue>, etcd_client::GetResponse), StoreError> {
+        let full = self.full(prefix);
+        let range = if full.is_empty() {
+            GetOptions::new().with_all_keys()
+        } else {
+            GetOptions::new().with_prefix()
+        };
+        let options = options(range);
+        let resp = self
+            .call(None, || {
+                let (mut kv, full, options) =
+                    (self.client.kv_client(), full.clone(), options.clone());
+                async move { kv.get(full, Some(options)).await }
+            })
+            .await?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
+        Ok((kvs, resp))
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -327,24 +357,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
-        let full = self.full(prefix);
-        let options = if full.is_empty() {
-            GetOptions::new().with_all_keys()
-        } else {
-            GetOptions::new().with_prefix()
-        };
-        let resp = self
-            .call(None, || {
-                let (mut kv, full, options) =
-                    (self.client.kv_client(), full.clone(), options.clone());
-                async move { kv.get(full, Some(options)).await }
-            })
-            .await?;
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(|kv| self.to_kv(kv))
-            .collect::<Result<_, _>>()?;
+        let (kvs, resp) = self.range(prefix, |o| o).await?;
         Ok((kvs, header_revision(resp.header())))
     }
 
@@ -353,30 +366,14 @@ impl Store for EtcdStore {
         prefix: &str,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, usize), StoreError> {
-        let full = self.full(prefix);
-        let options = if full.is_empty() {
-            GetOptions::new().with_all_keys()
-        } else {
-            GetOptions::new().with_prefix()
-        };
         // etcd reads only the values it returns; a limit of 0 means none.
-        let options = match i64::try_from(limit) {
-            Ok(0) => options.with_count_only(),
-            Ok(limit) => options.with_limit(limit),
-            Err(_) => options,
-        };
-        let resp = self
-            .call(None, || {
-                let (mut kv, full, options) =
-                    (self.client.kv_client(), full.clone(), options.clone());
-                async move { kv.get(full, Some(options)).await }
+        let (kvs, resp) = self
+            .range(prefix, |options| match i64::try_from(limit) {
+                Ok(0) => options.with_count_only(),
+                Ok(limit) => options.with_limit(limit),
+                Err(_) => options,
             })
             .await?;
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(|kv| self.to_kv(kv))
-            .collect::<Result<_, _>>()?;
         Ok((kvs, usize::try_from(resp.count()).unwrap_or(usize::MAX)))
     }
 
