@@ -158,7 +158,8 @@ impl Reporter {
             rpc.method = "Report"
         );
         crate::trace::inject(&span, req.metadata_mut());
-        self.send(&tx)?;
+        let first = self.current();
+        self.send(&tx, first)?;
         let mut acks = client
             .report(req)
             .instrument(span)
@@ -173,12 +174,14 @@ impl Reporter {
                     if r.is_err() {
                         return Ok(());
                     }
-                    if self.changed() {
-                        self.send(&tx)?;
+                    let report = self.current();
+                    if self.is_news(&report) {
+                        self.send(&tx, report)?;
                     }
                 }
                 _ = tokio::time::sleep_until(self.clock.deadline_for(self.clock.now() + self.interval)) => {
-                    self.send(&tx)?;
+                    let report = self.current();
+                    self.send(&tx, report)?;
                 }
                 m = acks.message() => match m {
                     Ok(Some(a)) => self.stats.send_modify(|s| s.acknowledged = a.acknowledged),
@@ -189,21 +192,30 @@ impl Reporter {
         }
     }
 
-    /// Whether the current status would report something other than the
-    /// last report queued (its observation time aside).
-    fn changed(&mut self) -> bool {
-        let st = self.status.borrow_and_update().clone();
-        let mut h = host_status(&self.base, &st, SystemTime::UNIX_EPOCH);
-        h.observed_at = None;
-        self.last.as_ref() != Some(&h)
+    /// The report of the current status, observed now.
+    fn current(&mut self) -> pb::HostStatus {
+        let st = self.status.borrow_and_update();
+        host_status(&self.base, &st, self.clock.now())
     }
 
-    /// Queues the current status; a full queue drops it (the next change or
-    /// heartbeat carries a newer one).
-    fn send(&mut self, tx: &mpsc::Sender<pb::ReportRequest>) -> Result<(), String> {
-        let st = self.status.borrow_and_update().clone();
+    /// Whether `report` says something other than the last report queued
+    /// (its observation time aside).
+    fn is_news(&self, report: &pb::HostStatus) -> bool {
+        let bare = pb::HostStatus {
+            observed_at: None,
+            ..report.clone()
+        };
+        self.last.as_ref() != Some(&bare)
+    }
+
+    /// Queues `status`; a full queue drops it (the next change or heartbeat
+    /// carries a newer one).
+    fn send(
+        &mut self,
+        tx: &mpsc::Sender<pb::ReportRequest>,
+        status: pb::HostStatus,
+    ) -> Result<(), String> {
         self.seq += 1;
-        let status = host_status(&self.base, &st, self.clock.now());
         let msg = pb::ReportRequest {
             sequence: self.seq,
             status: Some(status.clone()),
@@ -251,17 +263,22 @@ mod tests {
         let (set, status) = watch::channel(Status::starting(SystemTime::UNIX_EPOCH));
         let mut r = reporter(status);
         let (tx, mut rx) = mpsc::channel(4);
-        assert!(r.changed(), "nothing reported yet");
-        r.send(&tx).unwrap();
-        assert!(!r.changed(), "the same status again");
+        let report = r.current();
+        assert!(r.is_news(&report), "nothing reported yet");
+        r.send(&tx, report).unwrap();
+        let again = r.current();
+        assert!(!r.is_news(&again), "the same status again");
         // A move in the lock queue is not in the report.
         set.send_modify(|s| s.lock_queue_position = Some(7));
-        assert!(!r.changed());
+        let moved = r.current();
+        assert!(!r.is_news(&moved));
         set.send_modify(|s| s.lock_held = true);
-        assert!(r.changed());
-        r.send(&tx).unwrap();
+        let report = r.current();
+        assert!(r.is_news(&report));
+        r.send(&tx, report).unwrap();
         set.send_modify(|s| s.state = "rebooting");
-        assert!(r.changed());
+        let rebooting = r.current();
+        assert!(r.is_news(&rebooting));
         let sent: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(sent.len(), 2);
         assert!(sent[1].status.as_ref().unwrap().lock_held);
