@@ -116,35 +116,6 @@ async fn ask(run_dir: &std::path::Path, line: &str) -> local::Answer {
         .unwrap()
 }
 
-/// `promtool check metrics` (format and lint) when promtool is installed
-/// (`cargo xtask test` installs it); skipped loudly otherwise.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("promtool not installed: exposition lint skipped");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A daily window opening 12 hours from now (so closed now).
 fn closed_window() -> upshift_common::window::Window {
     let start = chrono::Utc::now() + chrono::Duration::hours(12);
@@ -222,7 +193,7 @@ async fn sockets_pause_window_and_finalize_now() {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
-    promtool_check(&metrics);
+    upshift_common::testing::promtool_check_metrics(&metrics);
     let a = ask(&run_dir, "status").await;
     assert!(local::format_status(a.status.as_ref().unwrap()).contains("target:       2\n"));
 

@@ -51,4 +51,5 @@ pub mod grpc;
 pub mod http_error;
 pub mod server;
 pub mod telemetry;
+pub mod testing;
 pub mod window;

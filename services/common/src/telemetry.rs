@@ -203,14 +203,5 @@ impl Metrics {
     }
 }
 
-/// Finds an executable on `PATH` (tests use it to run optional tools).
-#[cfg(test)]
-pub(crate) fn find_on_path(bin: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
-
 #[cfg(test)]
 pub(crate) mod tests;

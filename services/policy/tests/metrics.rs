@@ -36,39 +36,6 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
     found[0]
 }
 
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()));
-    if !on_path {
-        eprintln!("!!!!!!!! promtool not on PATH: SKIPPING `promtool check metrics` !!!!!!!!");
-        return;
-    }
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    // Lint findings (exit 3, e.g. "counter metrics should have _total") are
-    // reported on stdout; a parse error is exit 1.
-    assert_ne!(
-        out.status.code(),
-        Some(1),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(start_paused = true)]
 async fn every_documented_metric_is_exported() {
     // At 3000 the throttle of 2.0 is 1/3; wariness 0.5 is reached at 4000.
@@ -188,7 +155,7 @@ async fn every_documented_metric_is_exported() {
     let unique = sample(&text, "upshift_policy_unique_nodes", &[]);
     assert!((unique - 2.0).abs() < 0.5, "{unique}");
     assert!(!text.contains("node_uuid"), "no node id labels");
-    promtool_check(&text);
+    upshift_common::testing::promtool_check_metrics(&text);
 
     drop(s);
     assert_eq!(

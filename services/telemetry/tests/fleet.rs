@@ -52,36 +52,6 @@ async fn simulate(s: &Server) -> Vec<Agent> {
     agents.into_iter().map(|(_, a)| a).collect()
 }
 
-fn promtool_check(text: &str) {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()));
-    if !on_path {
-        eprintln!("NOTICE: promtool not on PATH; skipping `promtool check metrics`");
-        return;
-    }
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn many_agents_make_the_gauges(open: stores::Opener) {
     let s = Server::start("", open(), SystemClock::shared()).await;
     let mut agents = simulate(&s).await;
@@ -170,7 +140,7 @@ async fn many_agents_make_the_gauges(open: stores::Opener) {
     );
     assert_eq!(sum(&m, "upshift_telemetry_stale_hosts", &[]), 0.0);
     assert!(!text.contains("node0"), "node ids must not be labels");
-    promtool_check(&text);
+    upshift_common::testing::promtool_check_metrics(&text);
 
     let summary = s.summary(pb::HostFilter::default()).await;
     assert_eq!(

@@ -348,7 +348,7 @@ async fn mtls_client_cert_is_optional_and_identified() {
 
 #[tokio::test]
 async fn grpcurl_lists_advertised_services() {
-    let Some(grpcurl) = crate::telemetry::find_on_path("grpcurl") else {
+    let Some(grpcurl) = crate::testing::find_on_path("grpcurl") else {
         return;
     };
     let srv = start(None).await;

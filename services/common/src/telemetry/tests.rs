@@ -28,7 +28,7 @@ fn render_passes_promtool() {
     assert!(!text.contains("otel_scope"), "{text}");
     assert!(!text.contains("target_info"), "{text}");
 
-    promtool_check(&text);
+    crate::testing::promtool_check_metrics(&text);
 }
 
 #[test]
@@ -73,32 +73,4 @@ fn tracing_initializes_once_per_process() {
         Err(TelemetryError::AlreadyInitialized)
     ));
     drop(guard);
-}
-
-/// Runs `promtool check metrics` on `text` when promtool is installed.
-pub(crate) fn promtool_check(text: &str) {
-    let Some(promtool) = find_on_path("promtool") else {
-        return;
-    };
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
